@@ -1,0 +1,5 @@
+import sys
+
+from maskjob.cli import main
+
+sys.exit(main())
