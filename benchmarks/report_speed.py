@@ -1,0 +1,204 @@
+"""How fast the compliance report renders from a big database, and how much memory it takes.
+
+Builds (once, cached) a SQLite database of 1,000,000 faces over 30 days and 20 cameras with
+bulk Core inserts, writes real 640x480 JPEG frames for the faces the galleries will show
+(so crop reading is measured too), then renders the report for several windows, each in a
+fresh process, and prints a markdown table of render time and peak resident memory.
+
+    .venv/bin/python benchmarks/report_speed.py [--faces 1000000] [--db PATH] [--rebuild]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from maskjob import CLASSES  # noqa: E402
+
+logger = logging.getLogger("report_speed")
+
+N_CAMERAS = 20
+N_DAYS = 30
+LAST_DAY = date(2026, 11, 24)
+REASONS = ("empty file (0 bytes)", "corrupt or truncated image (image file is truncated)",
+           "not a recognised image format (is it really an image?)")
+
+
+def _day(rng: np.random.Generator, first_id: int, day: date, n: int, version: int):
+    """``n`` images of one day (ids from ``first_id``, in capture order, as nightly scoring
+    inserts them) and their faces, as row tuples."""
+    midnight = datetime.combine(day, datetime.min.time())
+    seconds = np.sort(rng.integers(7 * 3600, 19 * 3600, n))
+    cams = rng.integers(0, N_CAMERAS, n)
+    status = rng.choice(3, n, p=[0.88, 0.10, 0.02])
+    n_faces = np.where(status == 0, rng.choice([1, 2, 3], n, p=[0.4, 0.4, 0.2]), 0)
+    scored_at = midnight + timedelta(days=1, hours=1)
+    images, faces = [], []
+    for k in range(n):
+        image_id = first_id + k
+        when = midnight + timedelta(seconds=int(seconds[k]))
+        cam = f"cam-{cams[k] + 1:02d}"
+        st = ("ok", "no_face", "unreadable")[status[k]]
+        images.append((image_id, f"{cam}/{when:%Y%m%dT%H%M%S}_{image_id:07d}.jpg", cam, when, 640, 480, st,
+                       REASONS[image_id % 3] if st == "unreadable" else None, int(n_faces[k]), version, scored_at))
+        compliance = 0.6 + 0.35 * (cams[k] / (N_CAMERAS - 1))
+        for f in range(int(n_faces[k])):
+            u = rng.random()
+            label = CLASSES[0] if u < compliance else CLASSES[1] if u < compliance + (1 - compliance) * 0.7 else CLASSES[2]
+            conf = float(0.5 + 0.5 * rng.beta(5, 1.5))
+            p = [(1 - conf) / 2] * 3
+            p[CLASSES.index(label)] = conf
+            x1 = 40 + 180 * f
+            faces.append((image_id, f, x1, 150, x1 + 110, 290, 0.95, label, *p, conf, version))
+    return images, faces
+
+
+def build(db_path: Path, target_faces: int, seed: int = 0) -> None:
+    """Create the benchmark database with exactly ``target_faces`` faces over ``N_DAYS`` days.
+
+    The older model version scored the first 20 days, the champion the last 10.
+    """
+    import sqlalchemy as sa
+
+    from maskjob import db
+
+    url = f"sqlite:///{db_path}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    rng = np.random.default_rng(seed)
+    with engine.begin() as conn:
+        ids = []
+        for i, arch in enumerate(("cnn", "mobilenet_v2")):
+            ids.append(conn.execute(sa.insert(db.ModelVersion).values(
+                version=f"{arch}-bench", arch=arch, checkpoint_path=f"/models/{arch}.pt",
+                checkpoint_sha256=f"{i}" * 64, metrics={}, diverged=False, created_at=datetime(2026, 10, 1),
+                status="retired" if i == 0 else "champion")).inserted_primary_key[0])
+    image_cols = ("id", "path", "camera_id", "captured_at", "width", "height", "status", "reason", "n_faces",
+                  "model_version_id", "scored_at")
+    face_cols = ("image_id", "face_index", "x1", "y1", "x2", "y2", "detector_score", "label", "p_with_mask",
+                 "p_without_mask", "p_partial_mask", "confidence", "model_version_id")
+    per_day = int(target_faces / N_DAYS / (0.88 * 1.8)) + 1
+    total, next_id, started = 0, 1, time.perf_counter()
+    for d in range(N_DAYS):
+        day = LAST_DAY - timedelta(days=N_DAYS - 1 - d)
+        n = per_day if d < N_DAYS - 1 else 2 * per_day  # the last day absorbs the sampling slack
+        images, faces = _day(rng, next_id, day, n, ids[0] if d < N_DAYS - 10 else ids[1])
+        if total + len(faces) > target_faces:  # stop at exactly target_faces
+            faces = faces[: target_faces - total]
+            last_id = faces[-1][0]
+            images = [img for img in images if img[0] <= last_id]
+            images[-1] = (*images[-1][:8], sum(f[0] == last_id for f in faces), *images[-1][9:])
+        with engine.begin() as conn:
+            conn.execute(sa.insert(db.Image), [dict(zip(image_cols, row)) for row in images])
+            conn.execute(sa.insert(db.Face), [dict(zip(face_cols, row)) for row in faces])
+        total += len(faces)
+        next_id += len(images)
+        logger.info("%s: %d faces, %d images so far (%.0f s)", day, total, next_id - 1, time.perf_counter() - started)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    engine.dispose()
+
+
+def write_gallery_frames(db_path: Path, inbox: Path, windows: list[tuple[date, date, str | None]]) -> int:
+    """Write a JPEG frame for every face the windows' galleries and review queues will show."""
+    from PIL import Image
+
+    from maskjob import db
+    from maskjob.config import load_settings
+    from maskjob.report import _normalise_window
+    from maskjob.report_data import load_window
+
+    settings = load_settings(overrides={"data_dir": inbox.parent}, environ={})
+    engine = db.make_engine(f"sqlite:///{db_path}")
+    rng = np.random.default_rng(1)
+    written = 0
+    for start, end, camera in windows:
+        s, e = _normalise_window(start, end)
+        data = load_window(engine, s, e, camera, gallery_cap=settings.gallery_cap,
+                           review_threshold=settings.review_threshold, review_cap=settings.gallery_cap)
+        for rel in set(data.gallery["image_path"]) | set(data.review["image_path"]):
+            path = inbox / rel
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(path, quality=85)
+                written += 1
+    engine.dispose()
+    return written
+
+
+def measure(db_path: Path, inbox: Path, out: Path, start: str, end: str, camera: str | None) -> dict:
+    """Render one report in this process; return seconds and peak RSS."""
+    from maskjob import db
+    from maskjob.config import load_settings
+    from maskjob.report import render_compliance_report
+
+    settings = load_settings(overrides={"data_dir": inbox.parent, "inbox_dir": inbox}, environ={})
+    engine = db.make_engine(f"sqlite:///{db_path}")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss_before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+    t0 = time.perf_counter()
+    path = render_compliance_report(engine, settings, date.fromisoformat(start), date.fromisoformat(end),
+                                    camera=camera, out_dir=out)
+    seconds = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    engine.dispose()
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_before,
+            "peak_rss_mib": usage.ru_maxrss / 1024,
+            "rss_after_imports_mib": rss_before / 1024, "html_kib": path.stat().st_size / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faces", type=int, default=1_000_000, help="faces in the database")
+    parser.add_argument("--db", type=Path, help="database file (default: a temp dir; reused when it exists)")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the database even if it exists")
+    parser.add_argument("--measure", nargs=3, metavar=("START", "END", "CAMERA"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    db_path = args.db or Path(tempfile.gettempdir()) / f"maskjob-report-bench-{args.faces}.db"
+    inbox = db_path.parent / f"{db_path.stem}-data" / "inbox"
+    if args.measure:
+        start, end, camera = args.measure
+        print(json.dumps(measure(db_path, inbox, inbox.parent / "reports", start, end, None if camera == "-" else camera)))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.rebuild or not db_path.exists():
+        db_path.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        build(db_path, args.faces)
+        logger.info("built %s in %.0f s", db_path, time.perf_counter() - t0)
+    first = LAST_DAY - timedelta(days=N_DAYS - 1)
+    windows = [(first, LAST_DAY, None), (LAST_DAY - timedelta(days=6), LAST_DAY, None),
+               (LAST_DAY, LAST_DAY, None), (first, LAST_DAY, "cam-03")]
+    logger.info("wrote %d gallery frames", write_gallery_frames(db_path, inbox, windows))
+    rows = []
+    for start, end, camera in windows:
+        cmd = [sys.executable, __file__, "--db", str(db_path), "--faces", str(args.faces),
+               "--measure", start.isoformat(), end.isoformat(), camera or "-"]
+        result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        rows.append((f"{start} to {end}", camera or "all 20", result))
+    print(f"\nCompliance report render, SQLite, {args.faces:,} faces over {N_DAYS} days and {N_CAMERAS} cameras\n")
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"({os.cpu_count()} CPUs, load average {load}; CPU time is what an idle machine's wall time approaches)\n")
+    print("| window | cameras | render wall (s) | render CPU (s) | peak RSS (MiB) | RSS after imports (MiB) | HTML (KiB) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for window, cams, r in rows:
+        print(f"| {window} | {cams} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['peak_rss_mib']:.0f} "
+              f"| {r['rss_after_imports_mib']:.0f} | {r['html_kib']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
