@@ -1,0 +1,318 @@
+"""Scoring throughput and detector quality on 640x480 CCTV frames.
+
+Measures, in one run and on the same frames:
+- detector quality: recall per class (IoU >= 0.4 against ground_truth.csv) and precision;
+- the limit: detector + classifier forward passes on preloaded arrays (no I/O), batched
+  as scoring batches them;
+- end-to-end ``maskjob.score.score`` into a fresh SQLite database (decode, detect,
+  classify, write);
+- a naive loop: one frame at a time, one classifier forward per face, one commit per row;
+- database write throughput (rows/s) of the scorer's batched inserts on SQLite and PostgreSQL.
+
+Usage:
+    python benchmarks/score_throughput.py                       # demo inbox, 120 frames
+    python benchmarks/score_throughput.py --inbox data/inbox --checkpoint data/models/mobilenet_v2.pt
+    python benchmarks/score_throughput.py --pg-url postgresql+psycopg://user@host/db
+
+Without ``--checkpoint`` an untrained classifier of ``--arch`` is timed (its speed does not
+depend on its weights). Without ``--pg-url`` a throwaway PostgreSQL cluster is started when
+the server binaries are installed and we run as root (as the test suite does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from maskjob import CLASSES
+from maskjob.config import Settings, load_settings
+
+PG_BIN = Path(os.environ.get("MASKJOB_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+MIN_IOU = 0.4
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--inbox", type=Path, help="inbox with ground_truth.csv (default: build the demo inbox in a temp dir)")
+    p.add_argument("--frames", type=int, default=120, help="frames of the demo inbox to build (default 120)")
+    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: an untrained --arch model)")
+    p.add_argument("--arch", default="mobilenet_v2", help="architecture of the untrained classifier (default mobilenet_v2)")
+    p.add_argument("--detectors", default="res10,mtcnn", help="comma-separated detectors to compare (default res10,mtcnn)")
+    p.add_argument("--detector", default="res10", help="detector for the throughput rows (default res10)")
+    p.add_argument("--batch-frames", type=int, default=16, help="frames per scoring batch (default 16)")
+    p.add_argument("--write-images", type=int, default=2000, help="image rows for the write benchmark (default 2000)")
+    p.add_argument("--pg-url", help="PostgreSQL URL for the write benchmark (default: a throwaway cluster)")
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="maskjob data dir holding assets/ (default ./data)")
+    return p.parse_args()
+
+
+def make_settings(args: argparse.Namespace, work: Path, **extra: object) -> Settings:
+    data_dir = args.data_dir.resolve()
+    return load_settings(
+        overrides={"data_dir": work, "assets_dir": data_dir / "assets", "torch_home": data_dir / "torch",
+                   "score_batch_frames": args.batch_frames, **extra},
+        environ={},
+    )
+
+
+def prepare_checkpoint(args: argparse.Namespace, work: Path) -> Path:
+    if args.checkpoint:
+        return args.checkpoint.resolve()
+    from maskjob import __version__
+    from maskjob.checkpoint import save_checkpoint
+    from maskjob.models import ARCH_DEFAULTS, create_model
+
+    model = create_model(args.arch, pretrained=False)
+    meta = {
+        "arch": args.arch, "classes": list(CLASSES), **ARCH_DEFAULTS[args.arch], "dataset_fingerprint": "benchmark",
+        "metrics": {}, "val_macro_f1": 0.0, "seed": 0, "history": [], "pretrained_weights": None,
+        "created_at": datetime.now(UTC).isoformat(), "maskjob_version": __version__,
+    }
+    return save_checkpoint(work / f"untrained-{args.arch}.pt", model.state_dict(), meta)
+
+
+def read_truth(inbox: Path) -> dict[str, list[tuple[tuple[int, int, int, int], str]]]:
+    truth: dict[str, list[tuple[tuple[int, int, int, int], str]]] = defaultdict(list)
+    with (inbox / "ground_truth.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            truth[row["image"]].append(((int(row["x1"]), int(row["y1"]), int(row["x2"]), int(row["y2"])), row["label"]))
+    return truth
+
+
+def detector_quality(names: Sequence[str], settings: Settings, frames: list, images: list[np.ndarray],
+                     truth: dict) -> list[dict]:
+    from maskjob.detect import create_detector, match_boxes
+
+    rows = []
+    for name in names:
+        detector = create_detector(name, settings)
+        detector.detect_batch(images[:2])
+        began = time.perf_counter()
+        found = [d for i in range(0, len(images), settings.score_batch_frames)
+                 for d in detector.detect_batch(images[i:i + settings.score_batch_frames])]
+        seconds = time.perf_counter() - began
+        hits, totals = defaultdict(int), defaultdict(int)
+        n_found = n_matched = 0
+        for frame, dets in zip(frames, found):
+            gt = truth.get(frame.rel_path, [])
+            matches = match_boxes([b for b, _ in gt], [d.box for d in dets], MIN_IOU)
+            for _, label in gt:
+                totals[label] += 1
+            for ti, _ in matches:
+                hits[gt[ti][1]] += 1
+            n_found += len(dets)
+            n_matched += len(matches)
+        row = {"detector": name, "frames_per_s": len(images) / seconds,
+               "precision": n_matched / n_found if n_found else float("nan"),
+               "recall": sum(hits.values()) / max(1, sum(totals.values())), "faces": sum(totals.values())}
+        row.update({c: hits[c] / totals[c] if totals[c] else float("nan") for c in CLASSES})
+        rows.append(row)
+    return rows
+
+
+def model_limit(settings: Settings, classifier, images: list[np.ndarray]) -> tuple[float, float, int]:
+    """Seconds of detector and of classifier forward passes on preloaded frames, and faces."""
+    from maskjob.detect import create_detector, crop_face
+
+    detector = create_detector(settings.detector, settings)
+    detector.detect_batch(images[:2])
+    t_detect = t_classify = 0.0
+    n_faces = 0
+    step = settings.score_batch_frames
+    for i in range(0, len(images), step):
+        batch = images[i:i + step]
+        began = time.perf_counter()
+        found = detector.detect_batch(batch)
+        t_detect += time.perf_counter() - began
+        crops = [crop_face(rgb, d.box, detector.crop_scale) for rgb, dets in zip(batch, found) for d in dets]
+        began = time.perf_counter()
+        classifier.predict_proba(crops)
+        t_classify += time.perf_counter() - began
+        n_faces += len(crops)
+    return t_detect, t_classify, n_faces
+
+
+def champion_db(url: str, ckpt: Path):
+    import sqlalchemy as sa
+
+    from maskjob import db
+    from maskjob.registry import register
+
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    version = register(engine, ckpt)
+    with engine.begin() as conn:
+        conn.execute(sa.update(db.ModelVersion).where(db.ModelVersion.id == version.id).values(status="champion"))
+    return engine, version
+
+
+def end_to_end(settings: Settings, ckpt: Path, inbox: Path, url: str) -> tuple[float, int]:
+    from maskjob.score import score
+
+    engine, _ = champion_db(url, ckpt)
+    try:
+        summary = score(engine, settings, inbox, progress=False)
+    finally:
+        engine.dispose()
+    return summary.n_frames / summary.elapsed_s, summary.n_faces
+
+
+def naive(settings: Settings, classifier, frames: list, url: str, version_id: int) -> float:
+    """One frame at a time: decode, detect, one forward per face, one commit per row."""
+    from maskjob import db
+    from maskjob.detect import create_detector, crop_face
+    from maskjob.imageio import read_rgb, sha256_file
+
+    detector = create_detector(settings.detector, settings)
+    engine = db.make_engine(url)
+    began = time.perf_counter()
+    for frame in frames:
+        rgb = read_rgb(frame.path, settings.max_image_pixels)
+        dets = detector.detect(rgb)
+        faces = []
+        for i, det in enumerate(dets):
+            probs = classifier.predict_proba([crop_face(rgb, det.box, detector.crop_scale)])[0]
+            best = int(np.argmax(probs))
+            faces.append(db.Face(face_index=i, x1=det.box[0], y1=det.box[1], x2=det.box[2], y2=det.box[3],
+                                 detector_score=det.score, label=CLASSES[best], p_with_mask=float(probs[0]),
+                                 p_without_mask=float(probs[1]), p_partial_mask=float(probs[2]),
+                                 confidence=float(probs[best]), model_version_id=version_id))
+        image = db.Image(path=frame.rel_path, content_sha256=sha256_file(frame.path), camera_id=frame.camera_id,
+                         captured_at=frame.captured_at, width=rgb.shape[1], height=rgb.shape[0],
+                         status="ok" if dets else "no_face", n_faces=len(dets), model_version_id=version_id,
+                         scored_at=db.utcnow())
+        with db.session(engine) as s:
+            s.add(image)
+        for face in faces:
+            face.image_id = image.id
+            with db.session(engine) as s:
+                s.add(face)
+    seconds = time.perf_counter() - began
+    engine.dispose()
+    return len(frames) / seconds
+
+
+def write_rows_per_s(url: str, ckpt: Path, n_images: int, batch_frames: int) -> float:
+    """Rows/s of the scorer's batched image+face inserts (two faces per image)."""
+    from maskjob import db
+
+    engine, version = champion_db(url, ckpt)
+    now = db.utcnow()
+    face = {"x1": 10, "y1": 10, "x2": 60, "y2": 70, "detector_score": 0.9, "label": "with_mask",
+            "p_with_mask": 0.8, "p_without_mask": 0.1, "p_partial_mask": 0.1, "confidence": 0.8}
+    token = f"{time.time_ns():x}"
+    rows = [{"path": f"bench-{token}/{i:08d}.jpg", "content_sha256": f"{i:064x}", "camera_id": "cam", "captured_at": now,
+             "width": 640, "height": 480, "status": "ok", "reason": None, "n_faces": 2,
+             "model_version_id": version.id, "scoring_run_id": None, "scored_at": now,
+             "faces": [dict(face, face_index=0), dict(face, face_index=1)]} for i in range(n_images)]
+    began = time.perf_counter()
+    for i in range(0, n_images, batch_frames):
+        with engine.begin() as conn:
+            db.insert_images_and_faces(conn, rows[i:i + batch_frames])
+    seconds = time.perf_counter() - began
+    engine.dispose()
+    return 3 * n_images / seconds
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str | None]:
+    """A temporary cluster run as OS user postgres, or ``None`` when that is impossible."""
+    if not (PG_BIN / "initdb").is_file() or os.geteuid() != 0 or shutil.which("runuser") is None:
+        yield None
+        return
+    base = Path(tempfile.mkdtemp(prefix="maskjob-bench-pg-"))
+    shutil.chown(base, "postgres", "postgres")
+
+    def as_pg(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, argv)], capture_output=True, text=True)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        as_pg(PG_BIN / "initdb", "-D", base / "data", "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        started = as_pg(PG_BIN / "pg_ctl", "-D", base / "data", "-l", base / "log", "-w", "start",
+                        "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1")
+        if started.returncode != 0:
+            yield None
+            return
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            as_pg(PG_BIN / "pg_ctl", "-D", base / "data", "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    import torch
+
+    from maskjob.checkpoint import load_classifier
+    from maskjob.imageio import read_rgb
+    from maskjob.score import discover_frames
+
+    args = parse_args()
+    work = Path(tempfile.mkdtemp(prefix="maskjob-bench-"))
+    settings = make_settings(args, work, detector=args.detector)
+    inbox = args.inbox
+    if inbox is None:
+        from maskjob.demo import FRAMES, build_demo
+
+        inbox = build_demo(settings, root=work / "dataset", inbox=work / "inbox", scale=args.frames / FRAMES).inbox
+    frames = discover_frames(inbox)
+    images = [read_rgb(f.path) for f in frames]
+    ckpt = prepare_checkpoint(args, work)
+    classifier = load_classifier(ckpt)
+    print(f"{len(frames)} frames {images[0].shape[1]}x{images[0].shape[0]}, torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs, classifier {classifier.meta['arch']}, batch {args.batch_frames} frames\n")
+
+    quality = detector_quality(args.detectors.split(","), settings, frames, images, read_truth(inbox))
+    print("| detector | recall, all faces | " + " | ".join(f"recall {c}" for c in CLASSES)
+          + " | precision | detect frames/s |")
+    print("|---" * (4 + len(CLASSES)) + "|")
+    for q in quality:
+        print(f"| {q['detector']} | {q['recall']:.3f} ({q['faces']} faces) | "
+              + " | ".join(f"{q[c]:.3f}" for c in CLASSES) + f" | {q['precision']:.3f} | {q['frames_per_s']:.1f} |")
+
+    t_detect, t_classify, n_faces = model_limit(settings, classifier, images)
+    limit = len(images) / (t_detect + t_classify)
+    e2e, _ = end_to_end(settings, ckpt, inbox, f"sqlite:///{work / 'e2e.db'}")
+    engine, version = champion_db(f"sqlite:///{work / 'naive.db'}", ckpt)
+    engine.dispose()
+    slow = naive(settings, classifier, frames, f"sqlite:///{work / 'naive.db'}", version.id)
+    print(f"\n| {args.detector} + {classifier.meta['arch']}, {len(frames)} frames, {n_faces} faces | frames/s | x limit | x naive |")
+    print("|---|---|---|---|")
+    print(f"| limit: detector forward ({len(images) / t_detect:.1f} frames/s) + classifier forward "
+          f"({n_faces / t_classify:.0f} faces/s), no I/O | {limit:.1f} | 1.00 | {limit / slow:.2f} |")
+    print(f"| end-to-end `score` (decode, detect, classify, SQLite write) | {e2e:.1f} | {e2e / limit:.2f} | {e2e / slow:.2f} |")
+    print(f"| naive: one frame, one face forward, one commit at a time | {slow:.1f} | {slow / limit:.2f} | 1.00 |")
+
+    print(f"\n| database | batched writes, rows/s ({args.write_images} images + {2 * args.write_images} faces, "
+          f"{args.batch_frames} images per transaction) |")
+    print("|---|---|")
+    sqlite_rows_per_s = write_rows_per_s(f"sqlite:///{work / 'write.db'}", ckpt, args.write_images, args.batch_frames)
+    print(f"| SQLite | {sqlite_rows_per_s:.0f} |")
+    with contextlib.ExitStack() as stack:
+        pg_url = args.pg_url or stack.enter_context(throwaway_postgres())
+        if pg_url:
+            print(f"| PostgreSQL | {write_rows_per_s(pg_url, ckpt, args.write_images, args.batch_frames):.0f} |")
+        else:
+            print("| PostgreSQL | not measured: pass --pg-url or install postgresql-15 and run as root |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

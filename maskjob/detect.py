@@ -1,0 +1,306 @@
+"""Face detection: one factory keyed by name over detectors whose weights ship in packages.
+
+``res10`` is OpenCV's ResNet-10 SSD (Caffe, run with ``cv2.dnn``; files fetched and
+sha256-checked by :mod:`maskjob.assets`). ``mtcnn`` is facenet-pytorch's MTCNN (weights
+inside the installed package). Boxes are pixel ``(x1, y1, x2, y2)`` in the upright RGB
+array, clipped to it, ``x2``/``y2`` exclusive.
+
+Example:
+    >>> detector = create_detector("res10", settings)          # doctest: +SKIP
+    >>> [d.box for d in detector.detect(rgb)]                  # doctest: +SKIP
+    [(212, 80, 301, 198)]
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from maskjob import CLASSES
+from maskjob.config import Settings
+from maskjob.errors import MaskjobError
+
+__all__ = [
+    "CLASS_COLOURS",
+    "CROP_SCALE",
+    "DETECTORS",
+    "Detection",
+    "FaceClassifier",
+    "FaceDetector",
+    "Mtcnn",
+    "Res10",
+    "create_detector",
+    "classify_faces",
+    "crop_face",
+    "draw_faces",
+    "iou",
+    "match_boxes",
+]
+
+logger = logging.getLogger(__name__)
+
+# The classifiers are trained on square crops whose side is about 1.4x the face height
+# (forehead to chin); a detector's crop_scale maps its own box size to that crop.
+CROP_SCALE = 1.4
+MIN_FACE_PX = 8
+CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
+    "with_mask": (0, 170, 0),
+    "without_mask": (220, 0, 0),
+    "partial_mask": (255, 150, 0),
+}
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face: pixel box ``(x1, y1, x2, y2)`` and the detector's confidence in [0, 1]."""
+
+    box: tuple[int, int, int, int]
+    score: float
+
+
+class FaceDetector(Protocol):
+    """What scoring needs from a detector."""
+
+    name: str
+    crop_scale: float
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        """Faces in one ``(H, W, 3)`` uint8 RGB image, best first."""
+        ...
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Faces in each image, in input order."""
+        ...
+
+
+class FaceClassifier(Protocol):
+    """What scoring needs from a classifier (:func:`maskjob.checkpoint.load_classifier`)."""
+
+    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, 3)`` class probabilities in ``CLASSES`` order, one forward pass."""
+        ...
+
+
+def _clip_box(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> tuple[int, int, int, int] | None:
+    bx1 = int(round(min(max(x1, 0.0), width)))
+    by1 = int(round(min(max(y1, 0.0), height)))
+    bx2 = int(round(min(max(x2, 0.0), width)))
+    by2 = int(round(min(max(y2, 0.0), height)))
+    if bx2 - bx1 < MIN_FACE_PX or by2 - by1 < MIN_FACE_PX:
+        return None
+    return bx1, by1, bx2, by2
+
+
+class Res10:
+    """OpenCV's res10 300x300 SSD face detector; a batch is one ``cv2.dnn`` forward pass.
+
+    Args:
+        prototxt: the network description (``deploy.prototxt``).
+        caffemodel: the weights (``res10_300x300_ssd_iter_140000.caffemodel``).
+        threshold: minimum confidence for a face.
+    """
+
+    name = "res10"
+    crop_scale = 1.35  # its boxes are about the size of a forehead-to-chin box
+    input_size = (300, 300)
+    # The Caffe model was trained on BGR images with these channel means subtracted.
+    mean_bgr = (104.0, 177.0, 123.0)
+
+    def __init__(self, prototxt: str, caffemodel: str, threshold: float) -> None:
+        try:
+            self.net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
+        except cv2.error as exc:
+            raise MaskjobError(
+                f"cannot load the res10 face detector from {caffemodel} ({exc}); "
+                "run `maskjob assets fetch` to restore it"
+            ) from None
+        self.threshold = threshold
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        return self.detect_batch([rgb])[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        if not images:
+            return []
+        # swapRB turns our RGB arrays into the BGR order the network expects; the mean is
+        # given in the order after the swap.
+        blob = cv2.dnn.blobFromImages(
+            list(images), 1.0, self.input_size, self.mean_bgr, swapRB=True, crop=False
+        )
+        self.net.setInput(blob)
+        out = self.net.forward().reshape(-1, 7)
+        results: list[list[Detection]] = [[] for _ in images]
+        for image_id, _label, score, x1, y1, x2, y2 in out:
+            if score < self.threshold:
+                continue
+            idx = int(image_id)
+            height, width = images[idx].shape[:2]
+            box = _clip_box(x1 * width, y1 * height, x2 * width, y2 * height, width, height)
+            if box is not None:
+                results[idx].append(Detection(box, float(score)))
+        for dets in results:
+            dets.sort(key=lambda d: -d.score)
+        return results
+
+
+class Mtcnn:
+    """facenet-pytorch's MTCNN cascade; images of the same size share one forward pass.
+
+    Args:
+        threshold: minimum final-stage probability for a face.
+    """
+
+    name = "mtcnn"
+    crop_scale = 1.5  # its boxes are about 7% smaller than a forehead-to-chin box
+
+    def __init__(self, threshold: float) -> None:
+        from facenet_pytorch import MTCNN
+
+        self.model = MTCNN(keep_all=True, device="cpu", post_process=False)
+        self.threshold = threshold
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        return self.detect_batch([rgb])[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        results: list[list[Detection]] = [[] for _ in images]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, img in enumerate(images):
+            by_shape.setdefault(img.shape, []).append(i)
+        for shape, indices in by_shape.items():
+            height, width = shape[:2]
+            stack = np.stack([np.ascontiguousarray(images[i]) for i in indices])
+            boxes, probs = self.model.detect(stack)
+            for i, img_boxes, img_probs in zip(indices, boxes, probs):
+                if img_boxes is None:
+                    continue
+                for (x1, y1, x2, y2), prob in zip(img_boxes, img_probs):
+                    if prob is None or prob < self.threshold:
+                        continue
+                    box = _clip_box(x1, y1, x2, y2, width, height)
+                    if box is not None:
+                        results[i].append(Detection(box, float(prob)))
+                results[i].sort(key=lambda d: -d.score)
+        return results
+
+
+def _make_res10(settings: Settings) -> FaceDetector:
+    from maskjob.assets import asset_path
+
+    return Res10(
+        str(asset_path(settings, "res10_prototxt")),
+        str(asset_path(settings, "res10_caffemodel")),
+        settings.detector_threshold,
+    )
+
+
+def _make_mtcnn(settings: Settings) -> FaceDetector:
+    return Mtcnn(settings.detector_threshold)
+
+
+DETECTORS: dict[str, Callable[[Settings], FaceDetector]] = {
+    "res10": _make_res10,
+    "mtcnn": _make_mtcnn,
+}
+
+
+def create_detector(name: str, settings: Settings) -> FaceDetector:
+    """Build the detector registered as ``name`` (see :data:`DETECTORS`).
+
+    Raises:
+        MaskjobError: unknown name, or its weights are missing or tampered.
+    """
+    try:
+        factory = DETECTORS[name]
+    except KeyError:
+        raise MaskjobError(
+            f"unknown face detector {name!r}; set detector to one of {sorted(DETECTORS)}"
+        ) from None
+    return factory(settings)
+
+
+def crop_face(rgb: np.ndarray, box: tuple[int, int, int, int], scale: float = CROP_SCALE) -> np.ndarray:
+    """A square crop centred on ``box``, ``scale`` times its longer side, as the classifier saw
+    faces in training; parts outside the image are filled by reflection (as in training)."""
+    x1, y1, x2, y2 = box
+    side = max(1, int(round(max(x2 - x1, y2 - y1) * scale)))
+    left = int(round((x1 + x2 - side) / 2))
+    top = int(round((y1 + y2 - side) / 2))
+    height, width = rgb.shape[:2]
+    crop = rgb[max(top, 0):min(top + side, height), max(left, 0):min(left + side, width)]
+    pad = (max(0, -top), max(0, top + side - height), max(0, -left), max(0, left + side - width))
+    if any(pad):
+        crop = cv2.copyMakeBorder(np.ascontiguousarray(crop), *pad, cv2.BORDER_REFLECT_101)
+    return crop
+
+
+def classify_faces(
+    images: Sequence[np.ndarray], detector: FaceDetector, classifier: FaceClassifier
+) -> list[list[tuple[Detection, np.ndarray]]]:
+    """Detect faces in ``images`` and classify every face of the batch in one forward pass.
+
+    Returns:
+        Per image, ``(detection, class probabilities in CLASSES order)`` per face.
+    """
+    detections = detector.detect_batch(list(images))
+    crops = [crop_face(rgb, det.box, detector.crop_scale) for rgb, dets in zip(images, detections) for det in dets]
+    probs = classifier.predict_proba(crops) if crops else np.empty((0, len(CLASSES)))
+    out: list[list[tuple[Detection, np.ndarray]]] = []
+    k = 0
+    for dets in detections:
+        out.append([(det, probs[k + j]) for j, det in enumerate(dets)])
+        k += len(dets)
+    return out
+
+
+def draw_faces(rgb: np.ndarray, faces: Sequence[tuple[tuple[int, int, int, int], str, float]]) -> np.ndarray:
+    """A copy of ``rgb`` with each ``(box, label, confidence)`` drawn in its class colour."""
+    out = np.ascontiguousarray(rgb).copy()
+    thickness = max(1, round(max(out.shape[:2]) / 320))
+    scale = max(0.4, max(out.shape[:2]) / 1200)
+    for (x1, y1, x2, y2), label, confidence in faces:
+        colour = CLASS_COLOURS[label]
+        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, thickness)
+        text = f"{label} {confidence:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = y1 - base - 2 if y1 - th - base - 2 >= 0 else min(out.shape[0] - 1, y2 + th + 2)
+        cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 2, ty + base), colour, -1)
+        cv2.putText(out, text, (x1 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_boxes(
+    truth: Sequence[Sequence[float]], found: Sequence[Sequence[float]], min_iou: float = 0.4
+) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching of found boxes to true boxes, best IoU first.
+
+    Returns:
+        ``(truth_index, found_index)`` pairs whose IoU is at least ``min_iou``.
+    """
+    pairs = sorted(
+        ((iou(t, f), ti, fi) for ti, t in enumerate(truth) for fi, f in enumerate(found)), reverse=True
+    )
+    used_t: set[int] = set()
+    used_f: set[int] = set()
+    matches = []
+    for overlap, ti, fi in pairs:
+        if overlap < min_iou:
+            break
+        if ti not in used_t and fi not in used_f:
+            used_t.add(ti)
+            used_f.add(fi)
+            matches.append((ti, fi))
+    return matches

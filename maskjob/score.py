@@ -1,0 +1,593 @@
+"""Batch scoring of CCTV frames into the database, and ad-hoc prediction on files.
+
+A frame is ``<inbox>/<camera_id>/<name>``. Its capture time is, in order of precedence,
+EXIF ``DateTimeOriginal`` (shifted by ``OffsetTimeOriginal`` when present), else a
+timestamp in the file name (``YYYYMMDDTHHMMSS``, ``YYYYMMDD_HHMMSS``,
+``YYYY-MM-DD_HH-MM-SS``, ...), else the file's modification time. Times without a zone
+are taken as UTC; all times are returned and stored as naive UTC.
+
+Scoring decodes frames in a thread pool while the main thread runs the detector and the
+classifier on batches of ``settings.score_batch_frames`` frames (every face of a batch in
+one classifier forward pass) and writes each batch in one transaction: an image row and
+its face rows commit together. Unique keys plus ``INSERT .. ON CONFLICT DO NOTHING`` and
+skipping paths already scored by the model make a rerun (after a crash or not) add
+exactly the missing rows.
+
+Example:
+    >>> summary = score(engine, settings, settings.inbox_dir, since, until)   # doctest: +SKIP
+    >>> print(summary.format_line())                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from maskjob import CLASSES
+from maskjob.config import Settings
+from maskjob.db import Image, ModelVersion, ScoringRun, insert_images_and_faces, session, utcnow
+from maskjob.detect import Detection, FaceDetector, classify_faces, create_detector, draw_faces
+from maskjob.errors import MaskjobError
+from maskjob.imageio import is_image_name, read_rgb, sha256_bytes, sha256_file
+
+__all__ = [
+    "DecodedFrame",
+    "Frame",
+    "ScoreSummary",
+    "capture_time",
+    "decode_frame",
+    "discover_frames",
+    "name_timestamp",
+    "predict_files",
+    "score",
+    "shard_frames",
+    "to_naive_utc",
+]
+
+logger = logging.getLogger(__name__)
+
+ROOT_CAMERA_ID = "unknown"
+DECODE_THREADS = 2
+# predict: an image with no detected face is classified whole when it is small and roughly
+# square, i.e. most likely a face crop rather than a scene.
+WHOLE_IMAGE_MAX_SIDE = 400
+WHOLE_IMAGE_MAX_ASPECT = 2.0
+
+_NAME_TS = re.compile(
+    r"(?<!\d)(?P<Y>\d{4})(?P<s1>-?)(?P<m>\d{2})(?P=s1)(?P<d>\d{2})[T_ \-]?"
+    r"(?P<H>\d{2})(?P<s2>[-:.]?)(?P<M>\d{2})(?P=s2)(?P<S>\d{2})(?!\d)"
+)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A CCTV frame found in the inbox. ``time_source`` is ``exif``, ``name`` or ``mtime``."""
+
+    path: Path
+    rel_path: str
+    camera_id: str
+    captured_at: datetime
+    time_source: str
+
+
+@dataclass
+class DecodedFrame:
+    """A frame after reading: the RGB array, or ``reason`` why it could not be read."""
+
+    frame: Frame
+    rgb: np.ndarray | None
+    content_sha256: str | None
+    reason: str | None
+
+
+@dataclass
+class ScoreSummary:
+    """What one scoring invocation did."""
+
+    run_id: int
+    model_version: str
+    n_frames: int = 0
+    n_skipped: int = 0
+    n_faces: int = 0
+    n_no_face: int = 0
+    n_unreadable: int = 0
+    per_class: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CLASSES})
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.n_frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def format_line(self) -> str:
+        """One human-readable summary line."""
+        classes = ", ".join(f"{c} {n}" for c, n in self.per_class.items())
+        return (
+            f"scored {self.n_frames} frames with model {self.model_version} (run {self.run_id}): "
+            f"{self.n_faces} faces ({classes}), {self.n_no_face} without a face, "
+            f"{self.n_unreadable} unreadable, {self.n_skipped} already scored; "
+            f"{self.frames_per_s:.1f} frames/s"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model_version": self.model_version,
+            "n_frames": self.n_frames,
+            "n_skipped": self.n_skipped,
+            "n_faces": self.n_faces,
+            "n_no_face": self.n_no_face,
+            "n_unreadable": self.n_unreadable,
+            "per_class": dict(self.per_class),
+            "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
+            "elapsed_s": self.elapsed_s,
+            "frames_per_s": self.frames_per_s,
+        }
+
+
+def to_naive_utc(value: datetime) -> datetime:
+    """``value`` as naive UTC; a naive input is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def name_timestamp(name: str) -> datetime | None:
+    """The first valid date-time in a file name, e.g. ``20261124T071500.jpg``."""
+    for match in _NAME_TS.finditer(name):
+        try:
+            return datetime(*(int(match[k]) for k in ("Y", "m", "d", "H", "M", "S")))
+        except ValueError:
+            continue
+    return None
+
+
+def _exif_timestamp(path: Path) -> datetime | None:
+    from PIL import ExifTags, Image
+
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif().get_ifd(ExifTags.IFD.Exif)
+    except Exception:  # noqa: BLE001 - any unreadable header just means "no EXIF time"
+        return None
+    raw = exif.get(ExifTags.Base.DateTimeOriginal)
+    if not isinstance(raw, str):
+        return None
+    try:
+        taken = datetime.strptime(raw.strip("\x00 ").strip(), "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    offset = exif.get(ExifTags.Base.OffsetTimeOriginal)
+    if isinstance(offset, str):
+        match = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", offset.strip("\x00 ").strip())
+        if match:
+            sign = 1 if match[1] == "+" else -1
+            taken -= sign * timedelta(hours=int(match[2]), minutes=int(match[3]))
+    return taken
+
+
+def capture_time(path: Path, follow: bool = True) -> tuple[datetime, str] | None:
+    """The capture time of a file and where it came from (``exif``, ``name``, ``mtime``).
+
+    Args:
+        path: the image file.
+        follow: read EXIF through symlinks (off for links that leave the inbox).
+
+    Returns:
+        ``(naive UTC time, source)``, or ``None`` when the file no longer exists.
+    """
+    if follow:
+        taken = _exif_timestamp(path)
+        if taken is not None:
+            return taken, "exif"
+    taken = name_timestamp(path.name)
+    if taken is not None:
+        return taken, "name"
+    try:
+        stat = path.stat() if follow else path.lstat()
+    except OSError:
+        try:
+            stat = path.lstat()
+        except OSError:
+            return None
+    return datetime.fromtimestamp(stat.st_mtime, UTC).replace(tzinfo=None), "mtime"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root)
+
+
+def discover_frames(
+    inbox: str | Path, since: datetime | None = None, until: datetime | None = None
+) -> list[Frame]:
+    """Image files under ``inbox`` captured in ``[since, until)``, sorted by time then path.
+
+    The camera id is the first folder under the inbox (``unknown`` for files directly in
+    it). Hidden files and folders (leading ``.``) are ignored; folder symlinks are not
+    followed; file symlinks are listed (scoring refuses those that leave the inbox).
+
+    Raises:
+        MaskjobError: the inbox is not a folder.
+    """
+    inbox = Path(inbox)
+    if not inbox.is_dir():
+        raise MaskjobError(f"inbox {inbox} is not a folder; pass --inbox DIR or set inbox_dir")
+    root = inbox.resolve()
+    since = to_naive_utc(since) if since else None
+    until = to_naive_utc(until) if until else None
+    frames: list[Frame] = []
+    for dirpath, dirnames, filenames in os.walk(inbox):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith(".") or not is_image_name(name):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(inbox)
+            found = capture_time(path, follow=_inside(path, root))
+            if found is None:
+                logger.warning("%s vanished while listing the inbox; not scored", rel.as_posix())
+                continue
+            captured_at, source = found
+            if (since and captured_at < since) or (until and captured_at >= until):
+                continue
+            camera = rel.parts[0] if len(rel.parts) > 1 else ROOT_CAMERA_ID
+            frames.append(Frame(path, rel.as_posix(), camera, captured_at, source))
+    frames.sort(key=lambda f: (f.captured_at, f.rel_path))
+    return frames
+
+
+def shard_frames(frames: Sequence[Frame], index: int, count: int) -> list[Frame]:
+    """Frames of shard ``index`` of ``count`` (0-based), by a stable hash of ``rel_path``."""
+    if count < 1 or not 0 <= index < count:
+        raise MaskjobError(f"bad shard {index}/{count}: need 0 <= index < count, e.g. --shard 0/2")
+    return [
+        f for f in frames
+        if int.from_bytes(hashlib.sha256(f.rel_path.encode()).digest()[:8], "big") % count == index
+    ]
+
+
+def decode_frame(frame: Frame, inbox_root: Path, max_pixels: int) -> DecodedFrame:
+    """Read and decode one frame; every failure becomes a ``reason`` instead of an error."""
+    try:
+        target = frame.path.resolve()
+    except OSError as exc:
+        return DecodedFrame(frame, None, None, f"cannot resolve path ({exc})")
+    if not target.is_relative_to(inbox_root):
+        return DecodedFrame(
+            frame, None, None, f"symlink points outside the inbox (to {target}); refused for safety"
+        )
+    try:
+        with open(target, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return DecodedFrame(frame, None, None, "file vanished before it could be read")
+    except PermissionError:
+        return DecodedFrame(frame, None, None, "permission denied; make the file readable by the scorer")
+    except OSError as exc:
+        return DecodedFrame(frame, None, None, f"cannot read file ({exc.strerror or exc})")
+    digest = sha256_bytes(data)
+    try:
+        rgb = read_rgb(frame.rel_path, max_pixels, data=data)
+    except MaskjobError as exc:
+        return DecodedFrame(frame, None, digest, str(exc).removeprefix(f"{frame.rel_path}: "))
+    except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the run
+        return DecodedFrame(frame, None, digest, f"decoder failed ({type(exc).__name__}: {exc})")
+    return DecodedFrame(frame, rgb, digest, None)
+
+
+def _prefetch(pool: ThreadPoolExecutor, items: Iterable[Any], fn: Callable[[Any], Any], window: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, with at most ``window`` calls in flight on ``pool``."""
+    pending: deque[Future[Any]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _resolve_model(engine: Engine, version: str | None) -> ModelVersion:
+    from maskjob.registry import champion
+
+    if version is None:
+        found = champion(engine)
+        if found is None:
+            raise MaskjobError(
+                "no champion model in the registry; run `maskjob train` and `maskjob promote`, "
+                "or pass --model VERSION"
+            )
+        return found
+    with session(engine) as s:
+        found = s.scalars(sa.select(ModelVersion).where(ModelVersion.version == version)).first()
+        if found is None:
+            known = s.scalars(sa.select(ModelVersion.version).order_by(ModelVersion.id)).all()
+            raise MaskjobError(f"no model version {version!r} in the registry; known versions: {list(known)}")
+        return found
+
+
+def _load_registered(model: ModelVersion) -> Any:
+    from maskjob.checkpoint import load_classifier
+
+    path = Path(model.checkpoint_path)
+    if not path.is_file():
+        raise MaskjobError(
+            f"checkpoint {path} of model {model.version} is missing; restore it or promote another model"
+        )
+    if sha256_file(path) != model.checkpoint_sha256:
+        raise MaskjobError(
+            f"checkpoint {path} of model {model.version} changed since it was registered "
+            "(sha256 mismatch); restore the original file or register the new one"
+        )
+    return load_classifier(path)
+
+
+def _scored_paths(engine: Engine, model_version_id: int) -> set[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(Image.path).where(Image.model_version_id == model_version_id))
+        return {path for (path,) in rows}
+
+
+def _face_row(index: int, det: Detection, probs: np.ndarray) -> dict[str, Any]:
+    best = int(np.argmax(probs))
+    x1, y1, x2, y2 = det.box
+    return {
+        "face_index": index, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+        "detector_score": det.score, "label": CLASSES[best],
+        **{f"p_{name}": float(p) for name, p in zip(CLASSES, probs)},
+        "confidence": float(probs[best]),
+    }
+
+
+def _image_rows(batch: Sequence[DecodedFrame], detector: FaceDetector, classifier: Any,
+                model_version_id: int, run_id: int) -> list[dict[str, Any]]:
+    readable = [d for d in batch if d.rgb is not None]
+    faces = iter(classify_faces([d.rgb for d in readable], detector, classifier))  # type: ignore[misc]
+    scored_at = utcnow()
+    rows = []
+    for item in batch:
+        f = item.frame
+        row: dict[str, Any] = {
+            "path": f.rel_path, "content_sha256": item.content_sha256, "camera_id": f.camera_id,
+            "captured_at": f.captured_at, "width": None, "height": None, "reason": item.reason,
+            "model_version_id": model_version_id, "scoring_run_id": run_id, "scored_at": scored_at,
+        }
+        if item.rgb is None:
+            row.update(status="unreadable", n_faces=0, faces=[])
+        else:
+            found = next(faces)
+            row.update(
+                height=item.rgb.shape[0], width=item.rgb.shape[1], n_faces=len(found),
+                status="ok" if found else "no_face",
+                faces=[_face_row(i, det, probs) for i, (det, probs) in enumerate(found)],
+            )
+        rows.append(row)
+    return rows
+
+
+def _tally(summary: ScoreSummary, rows: Sequence[dict[str, Any]]) -> None:
+    for row in rows:
+        summary.n_frames += 1
+        summary.n_faces += row["n_faces"]
+        if row["status"] == "no_face":
+            summary.n_no_face += 1
+        elif row["status"] == "unreadable":
+            summary.n_unreadable += 1
+            summary.unreadable.append((row["path"], row["reason"]))
+            logger.warning("unreadable frame %s: %s", row["path"], row["reason"])
+        for face in row["faces"]:
+            summary.per_class[face["label"]] += 1
+
+
+def _run_counts(summary: ScoreSummary) -> dict[str, int]:
+    return {
+        "n_frames": summary.n_frames, "n_faces": summary.n_faces, "n_no_face": summary.n_no_face,
+        "n_unreadable": summary.n_unreadable, "n_skipped": summary.n_skipped,
+    }
+
+
+def score(
+    engine: Engine,
+    settings: Settings,
+    inbox: str | Path,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    shard: tuple[int, int] = (0, 1),
+    model_version: str | None = None,
+    *,
+    progress: bool | None = None,
+) -> ScoreSummary:
+    """Score the inbox frames captured in ``[since, until)`` of one shard into the database.
+
+    Args:
+        engine: a SQLAlchemy engine on a migrated database.
+        settings: detector, batch size and pixel limit come from here.
+        inbox: the CCTV inbox (``<inbox>/<camera_id>/...``).
+        since, until: the capture-time interval (naive UTC, or aware); ``None`` = open.
+        shard: ``(index, count)``, 0-based; shards partition the frames by path hash.
+        model_version: a registered version; default the champion.
+        progress: show a tqdm bar (``None``: only on a terminal).
+
+    Returns:
+        The run's counts; frames already scored by the model are skipped, not rescored.
+
+    Raises:
+        MaskjobError: no champion / unknown version, missing checkpoint or detector files.
+    """
+    from tqdm import tqdm
+
+    model = _resolve_model(engine, model_version)
+    classifier = _load_registered(model)
+    detector = create_detector(settings.detector, settings)
+    inbox = Path(inbox)
+    frames = shard_frames(discover_frames(inbox, since, until), *shard)
+    done = _scored_paths(engine, model.id)
+    todo = [f for f in frames if f.rel_path not in done]
+    with session(engine) as s:
+        run = ScoringRun(
+            interval_start=to_naive_utc(since) if since else None,
+            interval_end=to_naive_utc(until) if until else None,
+            shard_index=shard[0], shard_count=shard[1], model_version_id=model.id,
+            started_at=utcnow(), status="running", n_skipped=len(frames) - len(todo),
+        )
+        s.add(run)
+    summary = ScoreSummary(run.id, model.version, n_skipped=len(frames) - len(todo))
+    logger.info("scoring %d frames (%d already scored) with %s, run %d",
+                len(todo), summary.n_skipped, model.version, run.id)
+    update = sa.update(ScoringRun).where(ScoringRun.id == run.id)
+    started = time.perf_counter()
+    root = inbox.resolve()
+    try:
+        with ThreadPoolExecutor(DECODE_THREADS) as pool, tqdm(
+            total=len(todo), unit="frame", disable=None if progress is None else not progress
+        ) as bar:
+            decoded = _prefetch(pool, todo, lambda f: decode_frame(f, root, settings.max_image_pixels),
+                                window=2 * settings.score_batch_frames)
+            for batch in _batched(decoded, settings.score_batch_frames):
+                rows = _image_rows(batch, detector, classifier, model.id, run.id)
+                _tally(summary, rows)
+                with engine.begin() as conn:
+                    insert_images_and_faces(conn, rows)
+                    conn.execute(update.values(**_run_counts(summary)))
+                bar.update(len(batch))
+    except BaseException as exc:
+        summary.elapsed_s = time.perf_counter() - started
+        try:
+            with engine.begin() as conn:
+                conn.execute(update.values(**_run_counts(summary), status="failed", finished_at=utcnow(),
+                                           error=f"{type(exc).__name__}: {exc}"))
+        except sa.exc.SQLAlchemyError:
+            logger.exception("could not mark scoring run %d as failed", run.id)
+        raise
+    summary.elapsed_s = time.perf_counter() - started
+    with engine.begin() as conn:
+        conn.execute(update.values(**_run_counts(summary), status="succeeded", finished_at=utcnow()))
+    logger.info(summary.format_line())
+    return summary
+
+
+def _champion_classifier(settings: Settings) -> tuple[Any, str]:
+    from maskjob.db import open_database
+    from maskjob.registry import champion
+
+    url = sa.make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+        raise MaskjobError(
+            f"no database at {url.database} to find the champion model in; "
+            "pass --model CHECKPOINT.pt or set database_url"
+        )
+    engine = open_database(settings.database_url)
+    try:
+        model = champion(engine)
+        if model is None:
+            raise MaskjobError("no champion model in the registry; run `maskjob promote` or pass --model CHECKPOINT.pt")
+        return _load_registered(model), model.version
+    finally:
+        engine.dispose()
+
+
+def _looks_like_face_crop(rgb: np.ndarray) -> bool:
+    height, width = rgb.shape[:2]
+    return max(height, width) <= WHOLE_IMAGE_MAX_SIDE and max(height, width) <= WHOLE_IMAGE_MAX_ASPECT * min(height, width)
+
+
+def _annotated_path(annotate_dir: Path, source: Path, used: set[str]) -> Path:
+    name, n = source.name, 1
+    while name in used:
+        n += 1
+        name = f"{source.stem}-{n}{source.suffix}"
+    used.add(name)
+    if source.suffix.lower() not in {".jpg", ".jpeg", ".png", ".bmp", ".webp"}:
+        name += ".png"
+    return annotate_dir / name
+
+
+def predict_files(
+    paths: Sequence[str | Path],
+    settings: Settings,
+    annotate_dir: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Detect and classify faces in image files without writing to the database.
+
+    Args:
+        paths: image files.
+        settings: detector and pixel limit; ``database_url`` locates the champion.
+        annotate_dir: write a copy of each image with boxes, labels and confidences here.
+        checkpoint: classify with this checkpoint instead of the registry's champion.
+
+    Returns:
+        Per file: ``path``, ``model``, ``mode`` (``detected``; ``whole_image`` when no face
+        was found in a small near-square image, classified as one face; ``no_face``;
+        ``unreadable``), ``width``, ``height``, ``faces`` (``box``, ``detector_score``,
+        ``label``, ``confidence``, ``probs``), ``annotated`` and ``error``.
+    """
+    import cv2
+
+    from maskjob.checkpoint import load_classifier
+
+    if checkpoint is not None:
+        classifier, model_name = load_classifier(Path(checkpoint)), str(checkpoint)
+    else:
+        classifier, model_name = _champion_classifier(settings)
+    detector = create_detector(settings.detector, settings)
+    out_dir = Path(annotate_dir) if annotate_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    results = []
+    for raw in paths:
+        path = Path(raw)
+        result: dict[str, Any] = {"path": str(path), "model": model_name, "mode": "unreadable", "width": None,
+                                  "height": None, "faces": [], "annotated": None, "error": None}
+        results.append(result)
+        try:
+            rgb = read_rgb(path, settings.max_image_pixels)
+        except MaskjobError as exc:
+            result["error"] = str(exc)
+            continue
+        height, width = rgb.shape[:2]
+        found = classify_faces([rgb], detector, classifier)[0]
+        mode = "detected" if found else "no_face"
+        if not found and _looks_like_face_crop(rgb):
+            found = [(Detection((0, 0, width, height), float("nan")), classifier.predict_proba([rgb])[0])]
+            mode = "whole_image"
+        faces = []
+        for det, probs in found:
+            row = _face_row(len(faces), det, probs)
+            faces.append({
+                "box": list(det.box), "detector_score": None if mode == "whole_image" else det.score,
+                "label": row["label"], "confidence": row["confidence"],
+                "probs": {c: row[f"p_{c}"] for c in CLASSES},
+            })
+        result.update(mode=mode, width=width, height=height, faces=faces)
+        if out_dir is not None:
+            drawn = draw_faces(rgb, [(tuple(f["box"]), f["label"], f["confidence"]) for f in faces])
+            target = _annotated_path(out_dir, path, used)
+            if not cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
+                raise MaskjobError(f"cannot write {target}; check that {out_dir} is writable")
+            result["annotated"] = str(target)
+    return results

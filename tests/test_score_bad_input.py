@@ -1,0 +1,168 @@
+"""Bad frames never stop a run and are never lost: each gets an ``unreadable`` row with a
+reason, while odd but valid images (alpha, 16-bit, grey, CMYK, EXIF-rotated) are scored."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from maskjob import db, score as score_module
+from maskjob.score import decode_frame, discover_frames, score
+from tests.test_score import TEST_DETECTOR, copy_inbox, score_settings, use_champion
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that declares ``width`` x ``height`` but carries almost no data (a pixel bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def make_bad_inbox(inbox: Path, face_frame: Path, outside_dir: Path) -> dict[str, str | None]:
+    """Write one file per bad-input kind; returns rel path -> expected reason pattern (None: readable)."""
+    cam = inbox / "cam-bad"
+    cam.mkdir(parents=True, exist_ok=True)
+    face = np.asarray(Image.open(face_frame).convert("RGB"))
+    expected: dict[str, str | None] = {}
+
+    def name(i: int) -> str:
+        return f"20261124T1200{i:02d}"
+
+    (cam / f"{name(0)}.jpg").write_bytes(b"")
+    expected[f"cam-bad/{name(0)}.jpg"] = "empty file"
+    data = face_frame.read_bytes()
+    (cam / f"{name(1)}.jpg").write_bytes(data[: len(data) // 3])
+    expected[f"cam-bad/{name(1)}.jpg"] = "truncated"
+    (cam / f"{name(2)}.jpg").write_text("this is not a picture\n")
+    expected[f"cam-bad/{name(2)}.jpg"] = "not a recognised image"
+    _png_header_only(cam / f"{name(3)}.png", 100_000, 100_000)
+    expected[f"cam-bad/{name(3)}.png"] = "decompression bomb"
+    denied = cam / f"{name(4)}.jpg"
+    shutil.copyfile(face_frame, denied)
+    denied.chmod(0)
+    expected[f"cam-bad/{name(4)}.jpg"] = "permission denied"
+    outside = outside_dir / "elsewhere.jpg"
+    shutil.copyfile(face_frame, outside)
+    (cam / f"{name(5)}.jpg").symlink_to(outside)
+    expected[f"cam-bad/{name(5)}.jpg"] = "symlink points outside the inbox"
+
+    rgba = np.dstack([face, np.full(face.shape[:2], 255, np.uint8)])
+    rgba[:40, :40, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(cam / f"{name(10)}.png")
+    grey16 = (face.mean(axis=2) * 257).astype(np.uint16)
+    Image.fromarray(grey16).save(cam / f"{name(11)}.png")  # 16-bit grey PNG ("I;16")
+    Image.fromarray(face).convert("L").save(cam / f"{name(12)}.jpg")
+    Image.fromarray(face).convert("CMYK").save(cam / f"{name(13)}.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display upright
+    Image.fromarray(np.ascontiguousarray(np.rot90(face, 1))).save(cam / f"{name(14)}.jpg", exif=exif)
+    for i in range(10, 15):
+        ext = "png" if i < 12 else "jpg"
+        expected[f"cam-bad/{name(i)}.{ext}"] = None
+    return expected
+
+
+@pytest.fixture
+def bad_inbox(tmp_path, tiny_demo):
+    inbox = copy_inbox(tiny_demo.inbox, tmp_path / "inbox")
+    (tmp_path / "outside").mkdir()
+    face_frame = max(discover_frames(inbox), key=lambda f: f.path.stat().st_size).path
+    return inbox, make_bad_inbox(inbox, face_frame, tmp_path / "outside")
+
+
+def test_decode_frame_reasons(bad_inbox):
+    inbox, expected = bad_inbox
+    frames = {f.rel_path: f for f in discover_frames(inbox)}
+    for rel, pattern in expected.items():
+        if "permission" in (pattern or ""):
+            continue  # root reads any file; the subprocess test below drops that privilege
+        decoded = decode_frame(frames[rel], inbox.resolve(), 40_000_000)
+        if pattern is None:
+            assert decoded.reason is None and decoded.content_sha256, (rel, decoded.reason)
+            assert decoded.rgb.shape == (480, 640, 3) and decoded.rgb.dtype == np.uint8
+        else:
+            assert decoded.rgb is None and pattern in decoded.reason, (rel, decoded.reason)
+
+
+def test_exif_rotated_and_alpha_frames_are_read_upright(bad_inbox):
+    inbox, _ = bad_inbox
+    frames = {f.rel_path: f for f in discover_frames(inbox)}
+    rotated = decode_frame(frames["cam-bad/20261124T120014.jpg"], inbox.resolve(), 40_000_000).rgb
+    alpha = decode_frame(frames["cam-bad/20261124T120010.png"], inbox.resolve(), 40_000_000).rgb
+    assert rotated.shape == (480, 640, 3)
+    assert alpha.shape == (480, 640, 3) and (alpha[:40, :40] == 255).all()  # transparent -> white
+
+
+def test_a_run_with_every_bad_kind_records_each_and_finishes(bad_inbox, tiny_checkpoints, tmp_path):
+    """Run the real command with root's file-permission override dropped, so the chmod 000
+    frame is genuinely unreadable (tests run as root, which otherwise reads any file)."""
+    inbox, expected = bad_inbox
+    url = f"sqlite:///{tmp_path / 'bad.db'}"
+    use_champion(url, tiny_checkpoints["cnn"])
+    env = {**os.environ, "MASKJOB_DATABASE_URL": url, "MASKJOB_DETECTOR": TEST_DETECTOR,
+           "MASKJOB_ASSETS_DIR": str(REPO / "data" / "assets"), "MASKJOB_SCORE_BATCH_FRAMES": "4"}
+    cmd = [sys.executable, "-m", "maskjob", "--data-dir", str(tmp_path / "data"), "score", "--inbox", str(inbox)]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        rows = {r.path: r for r in conn.execute(sa.select(db.Image))}
+        run = conn.execute(sa.select(db.ScoringRun)).one()
+    engine.dispose()
+    frames = discover_frames(inbox)
+    assert sorted(rows) == sorted(f.rel_path for f in frames)
+    for rel, pattern in expected.items():
+        row = rows[rel]
+        if pattern is None:
+            assert row.status in {"ok", "no_face"} and row.reason is None, (rel, row.reason)
+            assert (row.width, row.height) == (640, 480)
+        else:
+            assert row.status == "unreadable" and pattern in row.reason, (rel, row.reason)
+            assert row.n_faces == 0 and row.width is None
+    n_bad = sum(p is not None for p in expected.values())
+    assert (run.status, run.n_frames, run.n_unreadable) == ("succeeded", len(frames), n_bad)
+    assert f"{n_bad} unreadable" in proc.stdout and "permission denied" in proc.stdout
+    # The odd-but-valid variants of a frame with faces are scored like it.
+    assert all(rows[rel].n_faces > 0 for rel, p in expected.items() if p is None)
+
+
+def test_a_frame_that_vanishes_after_listing_is_recorded(tmp_path, tiny_demo, tiny_checkpoints, monkeypatch):
+    inbox = copy_inbox(tiny_demo.inbox, tmp_path / "inbox")
+    gone = discover_frames(inbox)[3]
+    real_discover = score_module.discover_frames
+
+    def discover_then_delete(*args, **kwargs):
+        frames = real_discover(*args, **kwargs)
+        gone.path.unlink()
+        return frames
+
+    monkeypatch.setattr(score_module, "discover_frames", discover_then_delete)
+    url = f"sqlite:///{tmp_path / 'vanish.db'}"
+    use_champion(url, tiny_checkpoints["cnn"])
+    engine = db.make_engine(url)
+    summary = score(engine, score_settings(tiny_demo.settings), inbox)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(db.Image).where(db.Image.path == gone.rel_path)).one()
+        n_images = conn.scalar(sa.select(sa.func.count()).select_from(db.Image))
+    engine.dispose()
+    assert row.status == "unreadable" and "vanished" in row.reason
+    assert summary.n_unreadable == 1 and summary.unreadable == [(gone.rel_path, row.reason)]
+    assert n_images == len(discover_frames(tiny_demo.inbox))
