@@ -52,8 +52,9 @@ class Settings:
     min_class_recall: float = 0.5
     retrain_max_age_days: float = 7.0
 
-    detector: str = "res10"
+    detector: str = "mtcnn"
     detector_threshold: float = 0.6
+    min_face_px: int = 20
     max_image_pixels: int = 40_000_000
     score_batch_frames: int = 16
     shards: int = 2
@@ -94,6 +95,7 @@ def _validate(s: Settings) -> None:
         (0.0 <= s.min_class_recall <= 1.0, "min_class_recall must be in [0, 1]"),
         (s.retrain_max_age_days > 0, "retrain_max_age_days must be > 0"),
         (0.0 < s.detector_threshold < 1.0, "detector_threshold must be in (0, 1)"),
+        (s.min_face_px >= 8, "min_face_px must be >= 8"),
         (s.max_image_pixels > 0, "max_image_pixels must be > 0"),
         (s.score_batch_frames >= 1, "score_batch_frames must be >= 1"),
         (s.shards >= 1, "shards must be >= 1"),
