@@ -40,9 +40,9 @@ class Settings:
 
     seed: int = 1234
     num_workers: int = 2
-    batch_size: int = 64
-    max_epochs: int = 12
-    patience: int = 3
+    batch_size: int = 32
+    max_epochs: int = 24
+    patience: int = 5
     val_fraction: float = 0.15
     transfer_arch: str = "mobilenet_v2"
     demo_scale: float = 1.0
