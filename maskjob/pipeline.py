@@ -1,0 +1,278 @@
+"""The nightly job's steps as plain functions with JSON-serialisable inputs and outputs.
+
+The Airflow DAG (``dags/mask_compliance.py``) passes their results between tasks as XCom;
+``maskjob run`` drives the same DAG in-process. Every step takes ``config``: maskjob
+settings overrides (the DAG run's params); ``None`` or empty values fall back to settings.
+
+Example:
+    >>> check = validate_dataset({"data_dir": "data"})        # doctest: +SKIP
+    >>> decide_retrain({"data_dir": "data"}, check["fingerprint"])["retrain"]  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from sqlalchemy.engine import URL
+
+from maskjob.config import Settings, load_settings
+from maskjob.errors import MaskjobError
+
+__all__ = [
+    "database_url_from_connection",
+    "decide_retrain",
+    "plan_scoring",
+    "register_and_promote",
+    "render_reports",
+    "run_settings",
+    "score_shard",
+    "train_candidate",
+    "validate_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+_SETTING_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def run_settings(config: Mapping[str, Any]) -> Settings:
+    """Settings for one run: maskjob settings with the ``config`` keys that name settings applied.
+
+    Keys that are not settings (e.g. ``image_size``, ``force_retrain``) are ignored here;
+    ``None`` and empty strings mean "use the setting's default".
+    """
+    overrides = {k: v for k, v in config.items() if k in _SETTING_NAMES and v not in (None, "")}
+    return load_settings(overrides=overrides)
+
+
+def database_url_from_connection(
+    conn_type: str | None,
+    *,
+    host: str | None = None,
+    schema: str | None = None,
+    login: str | None = None,
+    password: str | None = None,
+    port: int | None = None,
+) -> str:
+    """A SQLAlchemy URL from an Airflow connection's fields (``postgres`` or ``sqlite``)."""
+    kind = (conn_type or "").lower()
+    if kind in {"postgres", "postgresql"}:
+        return URL.create(
+            "postgresql+psycopg", username=login, password=password, host=host, port=port, database=schema
+        ).render_as_string(hide_password=False)
+    if kind == "sqlite":
+        if not host:
+            raise MaskjobError("the sqlite connection has no host; set its host to the database file path.")
+        return f"sqlite:///{Path(host).expanduser().resolve()}"
+    raise MaskjobError(
+        f"connection type {conn_type!r} is not supported for the predictions database; "
+        "use a postgres or sqlite connection, or pass database_url instead."
+    )
+
+
+def _utc(iso: str) -> datetime:
+    """An ISO timestamp as naive UTC (the database's form); naive input is taken as UTC."""
+    moment = datetime.fromisoformat(iso)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def validate_dataset(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the training dataset and fingerprint it.
+
+    Returns:
+        The check as a dict (counts, problems) plus ``fingerprint``.
+
+    Raises:
+        MaskjobError: a broken dataset, with every problem found and how to fix it.
+    """
+    from maskjob.data import check_dataset, dataset_fingerprint
+    from maskjob.registry import json_safe
+
+    settings = run_settings(config)
+    check = check_dataset(settings.dataset_root, settings.max_image_pixels)
+    if not check.ok:
+        raise MaskjobError(
+            f"the training dataset at {settings.dataset_root} is broken:\n{check.format_text()}\n"
+            "Fix or remove the files listed above and run again."
+        )
+    fingerprint = dataset_fingerprint(settings.dataset_root)
+    logger.info("dataset %s is valid (fingerprint %s)", settings.dataset_root, fingerprint[:12])
+    return {**json_safe(check.to_dict()), "fingerprint": fingerprint}
+
+
+def decide_retrain(
+    config: Mapping[str, Any], fingerprint: str, *, force: bool = False, now: str | None = None
+) -> dict[str, Any]:
+    """Decide whether this run trains new candidates.
+
+    Retrain when forced, when there is no champion, when the dataset fingerprint differs from
+    the one the champion was trained on, or when the champion is older than
+    ``retrain_max_age_days`` at ``now`` (ISO time; default the current time). Also brings the
+    database schema to head, as the first step that touches the database.
+
+    Returns:
+        ``{"retrain": bool, "reason": str, "champion": version or None}``.
+    """
+    from maskjob.db import open_database, upgrade
+    from maskjob.registry import champion
+
+    settings = run_settings(config)
+    upgrade(settings.database_url)
+    engine = open_database(settings.database_url)
+    try:
+        current = champion(engine)
+    finally:
+        engine.dispose()
+    moment = _utc(now) if now else datetime.now(UTC).replace(tzinfo=None)
+    if force:
+        retrain, reason = True, "retraining was forced (force_retrain)"
+    elif current is None:
+        retrain, reason = True, "there is no champion model yet"
+    elif current.dataset_fingerprint != fingerprint:
+        retrain, reason = True, f"the dataset changed since champion {current.version} was trained"
+    else:
+        age_days = (moment - current.created_at).total_seconds() / 86400.0
+        retrain = age_days > settings.retrain_max_age_days
+        reason = (
+            f"champion {current.version} is {age_days:.1f} days old "
+            f"({'over' if retrain else 'within'} the {settings.retrain_max_age_days:g}-day limit)"
+        )
+    logger.info("%s: %s", "retraining" if retrain else "skipping training", reason)
+    return {"retrain": retrain, "reason": reason, "champion": current.version if current else None}
+
+
+def train_candidate(arch: str, config: Mapping[str, Any], *, image_size: int | None = None) -> dict[str, Any]:
+    """Train one candidate into its own new folder under ``models_dir/candidates``.
+
+    A fresh folder per attempt keeps a retried or re-run training from overwriting a
+    checkpoint the registry already points at.
+
+    Returns:
+        ``{"arch", "checkpoint_path", "val_macro_f1", "test_macro_f1"}``.
+    """
+    from maskjob.train import train_model
+
+    settings = run_settings(config)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    out_dir = settings.models_dir / "candidates" / f"{stamp}-{arch}"
+    result = train_model(arch, settings.dataset_root, out_dir, settings, image_size=image_size)
+    meta = result.meta
+    summary = {
+        "arch": arch,
+        "checkpoint_path": str(result.checkpoint_path),
+        "val_macro_f1": meta.get("val_macro_f1"),
+        "test_macro_f1": (meta.get("metrics") or {}).get("macro_f1"),
+    }
+    logger.info("trained %s: %s", arch, summary)
+    return summary
+
+
+def register_and_promote(config: Mapping[str, Any], checkpoint_paths: list[str]) -> dict[str, Any]:
+    """Register the candidates, then apply the promotion rules.
+
+    Returns:
+        ``{"registered": [versions], "promoted": version or None, "champion": version or None,
+        "decisions": [...]}``.
+    """
+    from maskjob.db import open_database
+    from maskjob.registry import champion, json_safe, promote, register
+
+    settings = run_settings(config)
+    engine = open_database(settings.database_url)
+    try:
+        registered = [register(engine, Path(path)).version for path in checkpoint_paths]
+        result = promote(engine, settings.dataset_root, settings)
+        current = champion(engine)
+    finally:
+        engine.dispose()
+    outcome = {
+        "registered": registered,
+        "promoted": result.promoted.version if result.promoted else None,
+        "champion": current.version if current else None,
+        "decisions": [json_safe(asdict(d)) for d in result.decisions],
+    }
+    logger.info("registered %s; champion now %s", registered, outcome["champion"])
+    return outcome
+
+
+def plan_scoring(config: Mapping[str, Any], start: str, end: str, shard_count: int) -> list[dict[str, Any]]:
+    """Split the frames captured in ``[start, end)`` into scoring shards for the champion.
+
+    Only non-empty shards are returned, so an interval without frames maps to no work.
+
+    Raises:
+        MaskjobError: no champion model (nothing passed the promotion rules yet).
+    """
+    from maskjob.db import open_database
+    from maskjob.registry import champion
+    from maskjob.frames import discover_frames, shard_frames
+
+    settings = run_settings(config)
+    engine = open_database(settings.database_url)
+    try:
+        current = champion(engine)
+    finally:
+        engine.dispose()
+    if current is None:
+        raise MaskjobError(
+            "there is no champion model to score with: no candidate has passed the promotion rules. "
+            "See `maskjob models list` for the decisions, then retrain (force_retrain) or promote one."
+        )
+    frames = discover_frames(settings.inbox_dir, since=_utc(start), until=_utc(end))
+    shards = []
+    for index in range(shard_count):
+        n_frames = len(shard_frames(frames, index, shard_count))
+        if n_frames:
+            shards.append({"index": index, "count": shard_count, "start": start, "end": end,
+                           "model_version": current.version, "n_frames": n_frames})
+    logger.info("%d frames in [%s, %s) -> %d shards for %s", len(frames), start, end, len(shards), current.version)
+    return shards
+
+
+def score_shard(config: Mapping[str, Any], shard: Mapping[str, Any]) -> dict[str, Any]:
+    """Score one shard from :func:`plan_scoring`; idempotent per (frame, model version)."""
+    from maskjob.db import open_database
+    from maskjob.score import score
+
+    settings = run_settings(config)
+    engine = open_database(settings.database_url)
+    try:
+        summary = score(
+            engine, settings, settings.inbox_dir, _utc(shard["start"]), _utc(shard["end"]),
+            shard=(int(shard["index"]), int(shard["count"])), model_version=shard["model_version"],
+        )
+    finally:
+        engine.dispose()
+    logger.info("%s", summary.format_line())
+    return summary.to_dict()
+
+
+def render_reports(config: Mapping[str, Any], start: str, end: str, *, with_model_report: bool) -> dict[str, Any]:
+    """Render the interval's compliance report, and the champion's model report if asked.
+
+    Returns:
+        ``{"compliance_report": path, "model_report": path or None}``.
+    """
+    from maskjob.db import open_database
+    from maskjob.report import render_compliance_report
+
+    settings = run_settings(config)
+    engine = open_database(settings.database_url)
+    try:
+        compliance = render_compliance_report(engine, settings, _utc(start), _utc(end), out_dir=settings.reports_dir)
+        model = None
+        if with_model_report:
+            from maskjob.model_report import render_model_report
+
+            model = render_model_report(engine, settings, out_dir=settings.reports_dir)
+    finally:
+        engine.dispose()
+    logger.info("compliance report %s; model report %s", compliance, model)
+    return {"compliance_report": str(compliance), "model_report": str(model) if model else None}
