@@ -2,15 +2,25 @@
 
 Measures, in one run and on the same frames:
 - detector quality: recall per class (IoU >= 0.4 against ground_truth.csv) and precision;
-- the limit: detector + classifier forward passes on preloaded arrays (no I/O), batched
-  as scoring batches them;
+- the limit: detector + classifier forward passes on preloaded arrays (no I/O), run as
+  scoring runs them (:func:`maskjob.score.classify_batches`: batches of ``--batch-frames``,
+  one batch per worker thread, one torch thread each);
 - end-to-end ``maskjob.score.score`` into a fresh SQLite database (decode, detect,
   classify, write);
-- a naive loop: one frame at a time, one classifier forward per face, one commit per row;
+- a naive loop: one frame at a time, one classifier forward per face, one commit per row,
+  with torch's default thread count, and the same loop on one torch thread (how much of the
+  gap is the thread setting alone);
 - database write throughput (rows/s) of the scorer's batched inserts on SQLite and PostgreSQL.
+
+Every throughput row is measured ``--repeats`` times, interleaved, and reported as the
+median (min-max). Other processes on the machine change wall times a lot, so each row also
+gives frames per CPU-second of this process (what an idle machine's wall time approaches)
+and the 1-minute load average while it ran. The end-to-end CPU time includes loading the
+model and listing the inbox.
 
 Usage:
     python benchmarks/score_throughput.py                       # demo inbox, 120 frames
+    python benchmarks/score_throughput.py --min-face-px 40      # demo faces are 40-120 px
     python benchmarks/score_throughput.py --inbox data/inbox --checkpoint data/models/mobilenet_v2.pt
     python benchmarks/score_throughput.py --pg-url postgresql+psycopg://user@host/db
 
@@ -25,20 +35,23 @@ import argparse
 import contextlib
 import csv
 import os
+import shlex
 import shutil
 import socket
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from maskjob import CLASSES
-from maskjob.config import Settings, load_settings
+from maskjob.config import Settings, load_settings, replace
 
 PG_BIN = Path(os.environ.get("MASKJOB_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 MIN_IOU = 0.4
@@ -51,21 +64,45 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: an untrained --arch model)")
     p.add_argument("--arch", default="mobilenet_v2", help="architecture of the untrained classifier (default mobilenet_v2)")
     p.add_argument("--detectors", default="res10,mtcnn", help="comma-separated detectors to compare (default res10,mtcnn)")
-    p.add_argument("--detector", default="res10", help="detector for the throughput rows (default res10)")
+    p.add_argument("--detector", help=f"detector for the throughput rows (default the setting, {Settings.detector})")
+    p.add_argument("--min-face-px", type=int,
+                   help=f"smallest face MTCNN looks for, in pixels (default the setting, {Settings.min_face_px})")
     p.add_argument("--batch-frames", type=int, default=16, help="frames per scoring batch (default 16)")
+    p.add_argument("--repeats", type=int, default=3, help="times each throughput row is measured (default 3)")
     p.add_argument("--write-images", type=int, default=2000, help="image rows for the write benchmark (default 2000)")
     p.add_argument("--pg-url", help="PostgreSQL URL for the write benchmark (default: a throwaway cluster)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="maskjob data dir holding assets/ (default ./data)")
     return p.parse_args()
 
 
-def make_settings(args: argparse.Namespace, work: Path, **extra: object) -> Settings:
+def make_settings(args: argparse.Namespace, work: Path) -> Settings:
     data_dir = args.data_dir.resolve()
     return load_settings(
         overrides={"data_dir": work, "assets_dir": data_dir / "assets", "torch_home": data_dir / "torch",
-                   "score_batch_frames": args.batch_frames, **extra},
+                   "score_batch_frames": args.batch_frames, "detector": args.detector,
+                   "min_face_px": args.min_face_px},
         environ={},
     )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def timed(fn: Callable[[], int]) -> dict[str, float]:
+    """Run ``fn`` (it returns frames done) and time it: wall, CPU of this process, load."""
+    load_before, wall, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
+    n = fn()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"frames_per_s": n / wall, "frames_per_cpu_s": n / cpu, "load": (load_before + os.getloadavg()[0]) / 2}
 
 
 def prepare_checkpoint(args: argparse.Namespace, work: Path) -> Path:
@@ -94,16 +131,24 @@ def read_truth(inbox: Path) -> dict[str, list[tuple[tuple[int, int, int, int], s
 
 def detector_quality(names: Sequence[str], settings: Settings, frames: list, images: list[np.ndarray],
                      truth: dict) -> list[dict]:
+    """Recall, precision and speed of each detector; timed on one torch thread, as each
+    scoring worker runs it (res10 runs on OpenCV's own threads)."""
     from maskjob.detect import create_detector, match_boxes
 
     rows = []
     for name in names:
-        detector = create_detector(name, settings)
-        detector.detect_batch(images[:2])
-        began = time.perf_counter()
-        found = [d for i in range(0, len(images), settings.score_batch_frames)
-                 for d in detector.detect_batch(images[i:i + settings.score_batch_frames])]
-        seconds = time.perf_counter() - began
+        detector = create_detector(name, replace(settings, detector=name))
+        step = settings.score_batch_frames
+        found: list = []
+
+        def detect_all() -> int:
+            for i in range(0, len(images), step):
+                found.extend(detector.detect_batch(images[i:i + step]))
+            return len(images)
+
+        with torch_threads(1):
+            detector.detect_batch(images[:2])
+            speed = timed(detect_all)
         hits, totals = defaultdict(int), defaultdict(int)
         n_found = n_matched = 0
         for frame, dets in zip(frames, found):
@@ -115,7 +160,7 @@ def detector_quality(names: Sequence[str], settings: Settings, frames: list, ima
                 hits[gt[ti][1]] += 1
             n_found += len(dets)
             n_matched += len(matches)
-        row = {"detector": name, "frames_per_s": len(images) / seconds,
+        row = {"detector": name, **speed,
                "precision": n_matched / n_found if n_found else float("nan"),
                "recall": sum(hits.values()) / max(1, sum(totals.values())), "faces": sum(totals.values())}
         row.update({c: hits[c] / totals[c] if totals[c] else float("nan") for c in CLASSES})
@@ -123,26 +168,39 @@ def detector_quality(names: Sequence[str], settings: Settings, frames: list, ima
     return rows
 
 
-def model_limit(settings: Settings, classifier, images: list[np.ndarray]) -> tuple[float, float, int]:
-    """Seconds of detector and of classifier forward passes on preloaded frames, and faces."""
+def one_worker(settings: Settings, classifier, images: list[np.ndarray]) -> tuple[float, float, int]:
+    """Seconds of detector and of classifier forward passes on one torch thread, and faces."""
     from maskjob.detect import create_detector, crop_face
 
     detector = create_detector(settings.detector, settings)
-    detector.detect_batch(images[:2])
     t_detect = t_classify = 0.0
     n_faces = 0
     step = settings.score_batch_frames
-    for i in range(0, len(images), step):
-        batch = images[i:i + step]
-        began = time.perf_counter()
-        found = detector.detect_batch(batch)
-        t_detect += time.perf_counter() - began
-        crops = [crop_face(rgb, d.box, detector.crop_scale) for rgb, dets in zip(batch, found) for d in dets]
-        began = time.perf_counter()
-        classifier.predict_proba(crops)
-        t_classify += time.perf_counter() - began
-        n_faces += len(crops)
+    with torch_threads(1):
+        detector.detect_batch(images[:2])
+        for i in range(0, len(images), step):
+            batch = images[i:i + step]
+            began = time.perf_counter()
+            found = detector.detect_batch(batch)
+            t_detect += time.perf_counter() - began
+            crops = [crop_face(rgb, d.box, detector.crop_scale) for rgb, dets in zip(batch, found) for d in dets]
+            began = time.perf_counter()
+            classifier.predict_proba(crops)
+            t_classify += time.perf_counter() - began
+            n_faces += len(crops)
     return t_detect, t_classify, n_faces
+
+
+def model_limit(settings: Settings, classifier, images: list[np.ndarray]) -> int:
+    """The detector and classifier on preloaded frames, as ``score`` runs them; frames done."""
+    from maskjob.detect import create_detector
+    from maskjob.score import classify_batches
+
+    detector = create_detector(settings.detector, settings)
+    step = settings.score_batch_frames
+    for _ in classify_batches([images[i:i + step] for i in range(0, len(images), step)], detector, classifier):
+        pass
+    return len(images)
 
 
 def champion_db(url: str, ckpt: Path):
@@ -159,18 +217,19 @@ def champion_db(url: str, ckpt: Path):
     return engine, version
 
 
-def end_to_end(settings: Settings, ckpt: Path, inbox: Path, url: str) -> tuple[float, int]:
+def end_to_end(settings: Settings, inbox: Path, url: str) -> int:
+    from maskjob import db
     from maskjob.score import score
 
-    engine, _ = champion_db(url, ckpt)
+    engine = db.make_engine(url)
     try:
         summary = score(engine, settings, inbox, progress=False)
     finally:
         engine.dispose()
-    return summary.n_frames / summary.elapsed_s, summary.n_faces
+    return summary.n_frames
 
 
-def naive(settings: Settings, classifier, frames: list, url: str, version_id: int) -> float:
+def naive(settings: Settings, classifier, frames: list, url: str, version_id: int) -> int:
     """One frame at a time: decode, detect, one forward per face, one commit per row."""
     from maskjob import db
     from maskjob.detect import create_detector, crop_face
@@ -178,7 +237,6 @@ def naive(settings: Settings, classifier, frames: list, url: str, version_id: in
 
     detector = create_detector(settings.detector, settings)
     engine = db.make_engine(url)
-    began = time.perf_counter()
     for frame in frames:
         rgb = read_rgb(frame.path, settings.max_image_pixels)
         dets = detector.detect(rgb)
@@ -200,9 +258,8 @@ def naive(settings: Settings, classifier, frames: list, url: str, version_id: in
             face.image_id = image.id
             with db.session(engine) as s:
                 s.add(face)
-    seconds = time.perf_counter() - began
     engine.dispose()
-    return len(frames) / seconds
+    return len(frames)
 
 
 def write_rows_per_s(url: str, ckpt: Path, n_images: int, batch_frames: int) -> float:
@@ -257,16 +314,24 @@ def throwaway_postgres() -> Iterator[str | None]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def median_range(runs: list[dict[str, float]], key: str, fmt: str = ".1f") -> str:
+    values = [r[key] for r in runs]
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
 def main() -> None:
     import torch
 
     from maskjob.checkpoint import load_classifier
+    from maskjob.frames import discover_frames
     from maskjob.imageio import read_rgb
-    from maskjob.score import discover_frames
 
     args = parse_args()
+    command = shlex.join(["python", "benchmarks/score_throughput.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="maskjob-bench-"))
-    settings = make_settings(args, work, detector=args.detector)
+    settings = make_settings(args, work)
     inbox = args.inbox
     if inbox is None:
         from maskjob.demo import FRAMES, build_demo
@@ -276,29 +341,57 @@ def main() -> None:
     images = [read_rgb(f.path) for f in frames]
     ckpt = prepare_checkpoint(args, work)
     classifier = load_classifier(ckpt)
-    print(f"{len(frames)} frames {images[0].shape[1]}x{images[0].shape[0]}, torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPUs, classifier {classifier.meta['arch']}, batch {args.batch_frames} frames\n")
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"`{command}`\n\n{len(frames)} frames {images[0].shape[1]}x{images[0].shape[0]}, "
+          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load} (1/5/15 min), "
+          f"classifier {classifier.meta['arch']}, batch {args.batch_frames} frames, "
+          f"MTCNN min_face_px {settings.min_face_px}\n")
 
     quality = detector_quality(args.detectors.split(","), settings, frames, images, read_truth(inbox))
     print("| detector | recall, all faces | " + " | ".join(f"recall {c}" for c in CLASSES)
-          + " | precision | detect frames/s |")
-    print("|---" * (4 + len(CLASSES)) + "|")
+          + " | precision | detect frames/s, one thread | frames per CPU-s |")
+    print("|---" * (5 + len(CLASSES)) + "|")
     for q in quality:
         print(f"| {q['detector']} | {q['recall']:.3f} ({q['faces']} faces) | "
-              + " | ".join(f"{q[c]:.3f}" for c in CLASSES) + f" | {q['precision']:.3f} | {q['frames_per_s']:.1f} |")
+              + " | ".join(f"{q[c]:.3f}" for c in CLASSES)
+              + f" | {q['precision']:.3f} | {q['frames_per_s']:.1f} | {q['frames_per_cpu_s']:.1f} |")
 
-    t_detect, t_classify, n_faces = model_limit(settings, classifier, images)
-    limit = len(images) / (t_detect + t_classify)
-    e2e, _ = end_to_end(settings, ckpt, inbox, f"sqlite:///{work / 'e2e.db'}")
-    engine, version = champion_db(f"sqlite:///{work / 'naive.db'}", ckpt)
-    engine.dispose()
-    slow = naive(settings, classifier, frames, f"sqlite:///{work / 'naive.db'}", version.id)
-    print(f"\n| {args.detector} + {classifier.meta['arch']}, {len(frames)} frames, {n_faces} faces | frames/s | x limit | x naive |")
-    print("|---|---|---|---|")
-    print(f"| limit: detector forward ({len(images) / t_detect:.1f} frames/s) + classifier forward "
-          f"({n_faces / t_classify:.0f} faces/s), no I/O | {limit:.1f} | 1.00 | {limit / slow:.2f} |")
-    print(f"| end-to-end `score` (decode, detect, classify, SQLite write) | {e2e:.1f} | {e2e / limit:.2f} | {e2e / slow:.2f} |")
-    print(f"| naive: one frame, one face forward, one commit at a time | {slow:.1f} | {slow / limit:.2f} | 1.00 |")
+    t_detect, t_classify, n_faces = one_worker(settings, classifier, images)
+    model_limit(settings, classifier, images[:2 * args.batch_frames])
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in ("limit", "e2e", "naive", "naive1")}
+    for k in range(args.repeats):
+        urls = {name: f"sqlite:///{work / f'{name}-{k}.db'}" for name in ("e2e", "naive", "naive1")}
+        version_id = {}
+        for name, url in urls.items():
+            engine, version = champion_db(url, ckpt)
+            engine.dispose()
+            version_id[name] = version.id
+        runs["limit"].append(timed(lambda: model_limit(settings, classifier, images)))
+        runs["e2e"].append(timed(lambda: end_to_end(settings, inbox, urls["e2e"])))
+        runs["naive"].append(timed(lambda: naive(settings, classifier, frames, urls["naive"], version_id["naive"])))
+        with torch_threads(1):
+            runs["naive1"].append(timed(lambda: naive(settings, classifier, frames, urls["naive1"],
+                                                      version_id["naive1"])))
+    med = {name: statistics.median(r["frames_per_s"] for r in rs) for name, rs in runs.items()}
+    labels = {
+        "limit": f"limit: detector + classifier forward on preloaded frames, {torch.get_num_threads()} batches "
+                 "at once, one torch thread each, no I/O",
+        "e2e": "end-to-end `score` (decode, detect, classify, SQLite write)",
+        "naive": f"naive: one frame, one face forward, one commit at a time ({torch.get_num_threads()} torch threads)",
+        "naive1": "naive on one torch thread",
+    }
+    print(f"\n| {settings.detector} (min_face_px {settings.min_face_px}) + {classifier.meta['arch']}, "
+          f"{len(frames)} frames, {n_faces} faces, median (min-max) of {args.repeats} | frames/s | frames per CPU-s "
+          "| load | x limit | x naive |")
+    print("|---|---|---|---|---|---|")
+    for name, label in labels.items():
+        rs = runs[name]
+        print(f"| {label} | {median_range(rs, 'frames_per_s')} | {median_range(rs, 'frames_per_cpu_s')} "
+              f"| {statistics.mean(r['load'] for r in rs):.1f} | {med[name] / med['limit']:.2f} "
+              f"| {med[name] / med['naive']:.2f} |")
+    print(f"\nload: the 1-minute load average while the row ran, this benchmark's own threads included. "
+          f"One worker thread alone: detector {len(images) / t_detect:.1f} frames/s, "
+          f"classifier {n_faces / t_classify:.0f} faces/s.")
 
     print(f"\n| database | batched writes, rows/s ({args.write_images} images + {2 * args.write_images} faces, "
           f"{args.batch_frames} images per transaction) |")
@@ -311,6 +404,7 @@ def main() -> None:
             print(f"| PostgreSQL | {write_rows_per_s(pg_url, ckpt, args.write_images, args.batch_frames):.0f} |")
         else:
             print("| PostgreSQL | not measured: pass --pg-url or install postgresql-15 and run as root |")
+    print(f"\nLoad average at the end {' / '.join(f'{v:.1f}' for v in os.getloadavg())}.")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -63,7 +64,7 @@ class Detection:
 
 
 class FaceDetector(Protocol):
-    """What scoring needs from a detector."""
+    """What scoring needs from a detector; scoring calls it from several threads at once."""
 
     name: str
     crop_scale: float
@@ -98,6 +99,9 @@ def _clip_box(x1: float, y1: float, x2: float, y2: float, width: int, height: in
 class Res10:
     """OpenCV's res10 300x300 SSD face detector; a batch is one ``cv2.dnn`` forward pass.
 
+    Every image is resized to 300x300, so the smallest face it finds depends on the image
+    size; it ignores ``settings.min_face_px``.
+
     Args:
         prototxt: the network description (``deploy.prototxt``).
         caffemodel: the weights (``res10_300x300_ssd_iter_140000.caffemodel``).
@@ -119,6 +123,8 @@ class Res10:
                 "run `maskjob assets fetch` to restore it"
             ) from None
         self.threshold = threshold
+        # setInput and forward share the net's state; cv2.dnn parallelises the forward itself.
+        self._lock = threading.Lock()
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.detect_batch([rgb])[0]
@@ -131,8 +137,9 @@ class Res10:
         blob = cv2.dnn.blobFromImages(
             list(images), 1.0, self.input_size, self.mean_bgr, swapRB=True, crop=False
         )
-        self.net.setInput(blob)
-        out = self.net.forward().reshape(-1, 7)
+        with self._lock:
+            self.net.setInput(blob)
+            out = self.net.forward().reshape(-1, 7)
         results: list[list[Detection]] = [[] for _ in images]
         for image_id, _label, score, x1, y1, x2, y2 in out:
             if score < self.threshold:
@@ -148,44 +155,67 @@ class Res10:
 
 
 class Mtcnn:
-    """facenet-pytorch's MTCNN cascade; images of the same size share one forward pass.
+    """facenet-pytorch's MTCNN cascade; images of the same size share forward passes.
 
     Args:
         threshold: minimum final-stage probability for a face.
+        min_face_px: the smallest face side, in pixels, it looks for. Halving it about
+            quadruples the first stage's work (its image pyramid starts 2x larger).
     """
 
     name = "mtcnn"
     crop_scale = 1.5  # its boxes are about 7% smaller than a forehead-to-chin box
+    # On CPU the cascade's cost is per pixel and per candidate box, so stacking frames only
+    # saves call overhead; 4-frame stacks ran 5-15% faster than single frames and 10-25%
+    # faster than 16-frame ones.
+    chunk_frames = 4
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, min_face_px: int = 20) -> None:
+        import torch
         from facenet_pytorch import MTCNN
 
-        self.model = MTCNN(keep_all=True, device="cpu", post_process=False)
+        self.model = MTCNN(keep_all=True, device="cpu", post_process=False, min_face_size=min_face_px)
+        # Its nets have 10-128 channels; in channels-last memory the cascade runs ~1.4x
+        # faster on CPU (boxes agree to 1e-4 px).
+        for net in (self.model.pnet, self.model.rnet, self.model.onet):
+            net.to(memory_format=torch.channels_last)
         self.threshold = threshold
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.detect_batch([rgb])[0]
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        import torch
+
         results: list[list[Detection]] = [[] for _ in images]
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, img in enumerate(images):
             by_shape.setdefault(img.shape, []).append(i)
-        for shape, indices in by_shape.items():
-            height, width = shape[:2]
-            stack = np.stack([np.ascontiguousarray(images[i]) for i in indices])
-            boxes, probs = self.model.detect(stack)
-            for i, img_boxes, img_probs in zip(indices, boxes, probs):
-                if img_boxes is None:
-                    continue
-                for (x1, y1, x2, y2), prob in zip(img_boxes, img_probs):
-                    if prob is None or prob < self.threshold:
-                        continue
-                    box = _clip_box(x1, y1, x2, y2, width, height)
-                    if box is not None:
-                        results[i].append(Detection(box, float(prob)))
-                results[i].sort(key=lambda d: -d.score)
+        for shape, same_shape in by_shape.items():
+            for start in range(0, len(same_shape), self.chunk_frames):
+                indices = same_shape[start:start + self.chunk_frames]
+                # MTCNN permutes its (N, H, W, 3) input to (N, 3, H, W); an NHWC view of NCHW
+                # memory makes that contiguous, and its image pyramid ("area" resampling)
+                # runs ~1.7x faster on contiguous NCHW (same boxes).
+                nchw = torch.from_numpy(np.stack([images[i] for i in indices])).permute(0, 3, 1, 2).contiguous()
+                boxes, probs = self.model.detect(nchw.permute(0, 2, 3, 1))
+                for i, img_boxes, img_probs in zip(indices, boxes, probs):
+                    results[i] = self._kept(img_boxes, img_probs, shape[1], shape[0])
         return results
+
+    def _kept(self, boxes: np.ndarray | None, probs: Sequence[float | None], width: int,
+              height: int) -> list[Detection]:
+        """One image's faces above the threshold, clipped to it, best first."""
+        if boxes is None:
+            return []
+        found = []
+        for (x1, y1, x2, y2), prob in zip(boxes, probs):
+            if prob is None or prob < self.threshold:
+                continue
+            box = _clip_box(x1, y1, x2, y2, width, height)
+            if box is not None:
+                found.append(Detection(box, float(prob)))
+        return sorted(found, key=lambda d: -d.score)
 
 
 def _make_res10(settings: Settings) -> FaceDetector:
@@ -199,7 +229,7 @@ def _make_res10(settings: Settings) -> FaceDetector:
 
 
 def _make_mtcnn(settings: Settings) -> FaceDetector:
-    return Mtcnn(settings.detector_threshold)
+    return Mtcnn(settings.detector_threshold, settings.min_face_px)
 
 
 DETECTORS: dict[str, Callable[[Settings], FaceDetector]] = {

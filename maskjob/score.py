@@ -1,17 +1,12 @@
 """Batch scoring of CCTV frames into the database, and ad-hoc prediction on files.
 
-A frame is ``<inbox>/<camera_id>/<name>``. Its capture time is, in order of precedence,
-EXIF ``DateTimeOriginal`` (shifted by ``OffsetTimeOriginal`` when present), else a
-timestamp in the file name (``YYYYMMDDTHHMMSS``, ``YYYYMMDD_HHMMSS``,
-``YYYY-MM-DD_HH-MM-SS``, ...), else the file's modification time. Times without a zone
-are taken as UTC; all times are returned and stored as naive UTC.
-
-Scoring decodes frames in a thread pool while the main thread runs the detector and the
-classifier on batches of ``settings.score_batch_frames`` frames (every face of a batch in
-one classifier forward pass) and writes each batch in one transaction: an image row and
-its face rows commit together. Unique keys plus ``INSERT .. ON CONFLICT DO NOTHING`` and
-skipping paths already scored by the model make a rerun (after a crash or not) add
-exactly the missing rows.
+Frames come from :mod:`maskjob.frames` (discovery, capture time, shards, decoding). Scoring
+is a pipeline: a thread pool decodes frames; batches of ``settings.score_batch_frames``
+frames go to :func:`classify_batches`, which runs the detector and the classifier (every
+face of a batch in one forward pass) on several batches at once; the calling thread writes
+each batch, in order, in one transaction: an image row and its face rows commit together.
+Unique keys plus ``INSERT .. ON CONFLICT DO NOTHING`` and skipping paths already scored by
+the model make a rerun (after a crash or not) add exactly the missing rows.
 
 Example:
     >>> summary = score(engine, settings, settings.inbox_dir, since, until)   # doctest: +SKIP
@@ -20,15 +15,14 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import re
 import time
 from collections import deque
+from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from itertools import tee
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -39,18 +33,17 @@ from sqlalchemy.engine import Engine
 from maskjob import CLASSES
 from maskjob.config import Settings
 from maskjob.db import Image, ModelVersion, ScoringRun, insert_images_and_faces, session, utcnow
-from maskjob.detect import Detection, FaceDetector, classify_faces, create_detector, draw_faces
+from maskjob.detect import Detection, FaceClassifier, FaceDetector, classify_faces, create_detector, draw_faces
 from maskjob.errors import MaskjobError
-from maskjob.imageio import is_image_name, read_rgb, sha256_bytes, sha256_file
+# discover_frames, shard_frames and to_naive_utc are also imported from here by
+# maskjob/pipeline.py, maskjob/cli/score_cmds.py and tests/test_dag_run.py.
+from maskjob.frames import DecodedFrame, decode_frame, discover_frames, shard_frames, to_naive_utc
+from maskjob.imageio import read_rgb, sha256_file
 
 __all__ = [
-    "DecodedFrame",
-    "Frame",
     "ScoreSummary",
-    "capture_time",
-    "decode_frame",
+    "classify_batches",
     "discover_frames",
-    "name_timestamp",
     "predict_files",
     "score",
     "shard_frames",
@@ -59,38 +52,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ROOT_CAMERA_ID = "unknown"
 DECODE_THREADS = 2
 # predict: an image with no detected face is classified whole when it is small and roughly
 # square, i.e. most likely a face crop rather than a scene.
 WHOLE_IMAGE_MAX_SIDE = 400
 WHOLE_IMAGE_MAX_ASPECT = 2.0
-
-_NAME_TS = re.compile(
-    r"(?<!\d)(?P<Y>\d{4})(?P<s1>-?)(?P<m>\d{2})(?P=s1)(?P<d>\d{2})[T_ \-]?"
-    r"(?P<H>\d{2})(?P<s2>[-:.]?)(?P<M>\d{2})(?P=s2)(?P<S>\d{2})(?!\d)"
-)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """A CCTV frame found in the inbox. ``time_source`` is ``exif``, ``name`` or ``mtime``."""
-
-    path: Path
-    rel_path: str
-    camera_id: str
-    captured_at: datetime
-    time_source: str
-
-
-@dataclass
-class DecodedFrame:
-    """A frame after reading: the RGB array, or ``reason`` why it could not be read."""
-
-    frame: Frame
-    rgb: np.ndarray | None
-    content_sha256: str | None
-    reason: str | None
 
 
 @dataclass
@@ -138,156 +104,6 @@ class ScoreSummary:
         }
 
 
-def to_naive_utc(value: datetime) -> datetime:
-    """``value`` as naive UTC; a naive input is taken to be UTC already."""
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def name_timestamp(name: str) -> datetime | None:
-    """The first valid date-time in a file name, e.g. ``20261124T071500.jpg``."""
-    for match in _NAME_TS.finditer(name):
-        try:
-            return datetime(*(int(match[k]) for k in ("Y", "m", "d", "H", "M", "S")))
-        except ValueError:
-            continue
-    return None
-
-
-def _exif_timestamp(path: Path) -> datetime | None:
-    from PIL import ExifTags, Image
-
-    try:
-        with Image.open(path) as img:
-            exif = img.getexif().get_ifd(ExifTags.IFD.Exif)
-    except Exception:  # noqa: BLE001 - any unreadable header just means "no EXIF time"
-        return None
-    raw = exif.get(ExifTags.Base.DateTimeOriginal)
-    if not isinstance(raw, str):
-        return None
-    try:
-        taken = datetime.strptime(raw.strip("\x00 ").strip(), "%Y:%m:%d %H:%M:%S")
-    except ValueError:
-        return None
-    offset = exif.get(ExifTags.Base.OffsetTimeOriginal)
-    if isinstance(offset, str):
-        match = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", offset.strip("\x00 ").strip())
-        if match:
-            sign = 1 if match[1] == "+" else -1
-            taken -= sign * timedelta(hours=int(match[2]), minutes=int(match[3]))
-    return taken
-
-
-def capture_time(path: Path, follow: bool = True) -> tuple[datetime, str] | None:
-    """The capture time of a file and where it came from (``exif``, ``name``, ``mtime``).
-
-    Args:
-        path: the image file.
-        follow: read EXIF through symlinks (off for links that leave the inbox).
-
-    Returns:
-        ``(naive UTC time, source)``, or ``None`` when the file no longer exists.
-    """
-    if follow:
-        taken = _exif_timestamp(path)
-        if taken is not None:
-            return taken, "exif"
-    taken = name_timestamp(path.name)
-    if taken is not None:
-        return taken, "name"
-    try:
-        stat = path.stat() if follow else path.lstat()
-    except OSError:
-        try:
-            stat = path.lstat()
-        except OSError:
-            return None
-    return datetime.fromtimestamp(stat.st_mtime, UTC).replace(tzinfo=None), "mtime"
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root)
-
-
-def discover_frames(
-    inbox: str | Path, since: datetime | None = None, until: datetime | None = None
-) -> list[Frame]:
-    """Image files under ``inbox`` captured in ``[since, until)``, sorted by time then path.
-
-    The camera id is the first folder under the inbox (``unknown`` for files directly in
-    it). Hidden files and folders (leading ``.``) are ignored; folder symlinks are not
-    followed; file symlinks are listed (scoring refuses those that leave the inbox).
-
-    Raises:
-        MaskjobError: the inbox is not a folder.
-    """
-    inbox = Path(inbox)
-    if not inbox.is_dir():
-        raise MaskjobError(f"inbox {inbox} is not a folder; pass --inbox DIR or set inbox_dir")
-    root = inbox.resolve()
-    since = to_naive_utc(since) if since else None
-    until = to_naive_utc(until) if until else None
-    frames: list[Frame] = []
-    for dirpath, dirnames, filenames in os.walk(inbox):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith(".") or not is_image_name(name):
-                continue
-            path = Path(dirpath) / name
-            rel = path.relative_to(inbox)
-            found = capture_time(path, follow=_inside(path, root))
-            if found is None:
-                logger.warning("%s vanished while listing the inbox; not scored", rel.as_posix())
-                continue
-            captured_at, source = found
-            if (since and captured_at < since) or (until and captured_at >= until):
-                continue
-            camera = rel.parts[0] if len(rel.parts) > 1 else ROOT_CAMERA_ID
-            frames.append(Frame(path, rel.as_posix(), camera, captured_at, source))
-    frames.sort(key=lambda f: (f.captured_at, f.rel_path))
-    return frames
-
-
-def shard_frames(frames: Sequence[Frame], index: int, count: int) -> list[Frame]:
-    """Frames of shard ``index`` of ``count`` (0-based), by a stable hash of ``rel_path``."""
-    if count < 1 or not 0 <= index < count:
-        raise MaskjobError(f"bad shard {index}/{count}: need 0 <= index < count, e.g. --shard 0/2")
-    return [
-        f for f in frames
-        if int.from_bytes(hashlib.sha256(f.rel_path.encode()).digest()[:8], "big") % count == index
-    ]
-
-
-def decode_frame(frame: Frame, inbox_root: Path, max_pixels: int) -> DecodedFrame:
-    """Read and decode one frame; every failure becomes a ``reason`` instead of an error."""
-    try:
-        target = frame.path.resolve()
-    except OSError as exc:
-        return DecodedFrame(frame, None, None, f"cannot resolve path ({exc})")
-    if not target.is_relative_to(inbox_root):
-        return DecodedFrame(
-            frame, None, None, f"symlink points outside the inbox (to {target}); refused for safety"
-        )
-    try:
-        with open(target, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return DecodedFrame(frame, None, None, "file vanished before it could be read")
-    except PermissionError:
-        return DecodedFrame(frame, None, None, "permission denied; make the file readable by the scorer")
-    except OSError as exc:
-        return DecodedFrame(frame, None, None, f"cannot read file ({exc.strerror or exc})")
-    digest = sha256_bytes(data)
-    try:
-        rgb = read_rgb(frame.rel_path, max_pixels, data=data)
-    except MaskjobError as exc:
-        return DecodedFrame(frame, None, digest, str(exc).removeprefix(f"{frame.rel_path}: "))
-    except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the run
-        return DecodedFrame(frame, None, digest, f"decoder failed ({type(exc).__name__}: {exc})")
-    return DecodedFrame(frame, rgb, digest, None)
-
-
 def _prefetch(pool: ThreadPoolExecutor, items: Iterable[Any], fn: Callable[[Any], Any], window: int) -> Iterator[Any]:
     """``map(fn, items)`` in order, with at most ``window`` calls in flight on ``pool``."""
     pending: deque[Future[Any]] = deque()
@@ -308,6 +124,42 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def classify_batches(
+    batches: Iterable[Sequence[np.ndarray]],
+    detector: FaceDetector,
+    classifier: FaceClassifier,
+    workers: int | None = None,
+) -> Iterator[list[list[tuple[Detection, np.ndarray]]]]:
+    """:func:`~maskjob.detect.classify_faces` on each batch, ``workers`` batches at once.
+
+    Each worker thread runs torch on one thread. MTCNN is thousands of small operations per
+    frame; with several intra-op threads each one ends at a barrier, and when other processes
+    want the cores (other jobs, the other shard) those barriers cost 2-6x the work itself
+    (measured on 2 cores). Batches in parallel use the same cores without them.
+
+    Args:
+        batches: lists of RGB frames.
+        detector, classifier: shared by the workers (both are safe to call concurrently).
+        workers: batches in flight; default ``torch.get_num_threads()`` (the CPU cores).
+
+    Returns:
+        Per batch, in input order, per frame, ``(detection, class probabilities)`` per face.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    workers = workers or threads
+    # With torch's OpenMP backend a thread count is per thread, but set_num_threads also sets
+    # the default for threads that start later: restore that afterwards.
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        yield from _prefetch(pool, batches, lambda images: classify_faces(images, detector, classifier),
+                             window=workers + 1)
+    finally:
+        pool.shutdown(cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def _resolve_model(engine: Engine, version: str | None) -> ModelVersion:
@@ -362,10 +214,9 @@ def _face_row(index: int, det: Detection, probs: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _image_rows(batch: Sequence[DecodedFrame], detector: FaceDetector, classifier: Any,
+def _image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[list[tuple[Detection, np.ndarray]]],
                 model_version_id: int, run_id: int) -> list[dict[str, Any]]:
-    readable = [d for d in batch if d.rgb is not None]
-    faces = iter(classify_faces([d.rgb for d in readable], detector, classifier))  # type: ignore[misc]
+    faces = iter(found_per_frame)
     scored_at = utcnow()
     rows = []
     for item in batch:
@@ -466,13 +317,16 @@ def score(
         ) as bar:
             decoded = _prefetch(pool, todo, lambda f: decode_frame(f, root, settings.max_image_pixels),
                                 window=2 * settings.score_batch_frames)
-            for batch in _batched(decoded, settings.score_batch_frames):
-                rows = _image_rows(batch, detector, classifier, model.id, run.id)
-                _tally(summary, rows)
-                with engine.begin() as conn:
-                    insert_images_and_faces(conn, rows)
-                    conn.execute(update.values(**_run_counts(summary)))
-                bar.update(len(batch))
+            frame_batches, image_batches = tee(_batched(decoded, settings.score_batch_frames))
+            images = ([d.rgb for d in batch if d.rgb is not None] for batch in image_batches)
+            with closing(classify_batches(images, detector, classifier)) as found:
+                for batch, found_per_frame in zip(frame_batches, found):
+                    rows = _image_rows(batch, found_per_frame, model.id, run.id)
+                    _tally(summary, rows)
+                    with engine.begin() as conn:
+                        insert_images_and_faces(conn, rows)
+                        conn.execute(update.values(**_run_counts(summary)))
+                    bar.update(len(batch))
     except BaseException as exc:
         summary.elapsed_s = time.perf_counter() - started
         try:

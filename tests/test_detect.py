@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from skimage import data as skdata
@@ -42,6 +43,13 @@ def test_detector_finds_the_real_face_single_and_batched(name, settings_factory,
     assert iou(batch[0][0].box, face.box) > 0.95 and iou(batch[3][0].box, face.box) > 0.95
     assert iou(batch[2][0].box, tuple(v / 2 for v in ASTRONAUT_FACE)) > 0.5
     assert detector.detect_batch([]) == []
+
+
+def test_mtcnn_looks_for_faces_down_to_min_face_px(settings_factory, astronaut):
+    tiny = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)  # its face is about 28 px tall
+    assert create_detector("mtcnn", settings_factory()).model.min_face_size == 20
+    assert len(create_detector("mtcnn", settings_factory(min_face_px=20)).detect(tiny)) == 1
+    assert create_detector("mtcnn", settings_factory(min_face_px=60)).detect(tiny) == []
 
 
 def test_unknown_detector_names_the_choices(settings_factory):

@@ -14,7 +14,8 @@ from maskjob.cli import main
 from maskjob.detect import CLASS_COLOURS
 from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
-from maskjob.score import discover_frames, predict_files
+from maskjob.frames import discover_frames
+from maskjob.score import predict_files
 from tests.test_score import TEST_DETECTOR, counts, score_settings, use_champion
 
 

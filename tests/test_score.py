@@ -15,11 +15,12 @@ import sqlalchemy as sa
 from maskjob import CLASSES, db
 from maskjob.config import Settings, replace
 from maskjob.checkpoint import load_classifier
-from maskjob.detect import create_detector, crop_face, match_boxes
+from maskjob.detect import classify_faces, create_detector, crop_face, match_boxes
 from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
 from maskjob.registry import register
-from maskjob.score import discover_frames, score
+from maskjob.frames import discover_frames
+from maskjob.score import classify_batches, score
 
 # The detector the tests score with; README "Face detector" explains the choice.
 TEST_DETECTOR = "mtcnn"
@@ -133,6 +134,26 @@ def test_scoring_finds_the_demo_faces_and_labels(champion_url, tiny_demo, tiny_c
     # consistency above, not accuracy; the detector's boxes are checked against the truth.
     assert matched / n_truth >= 0.7, f"recall {matched}/{n_truth}"
     assert matched / max(1, summary.n_faces) >= 0.8, "precision"
+
+
+@pytest.mark.parametrize("name", ["mtcnn", "res10"])
+def test_batches_in_parallel_equal_batches_one_at_a_time(name, tiny_demo, tiny_checkpoints):
+    import torch
+
+    detector = create_detector(name, replace(tiny_demo.settings, detector=name))
+    classifier = load_classifier(tiny_checkpoints["cnn"])
+    images = [read_rgb(f.path) for f in discover_frames(tiny_demo.inbox)]
+    batches = [images[i:i + 3] for i in range(0, len(images), 3)]
+    threads = torch.get_num_threads()
+    parallel = list(classify_batches(batches, detector, classifier, workers=3))
+    assert torch.get_num_threads() == threads  # the workers' single-threading does not leak
+    alone = [classify_faces(batch, detector, classifier) for batch in batches]
+    assert [[[det.box for det, _ in faces] for faces in b] for b in parallel] == \
+        [[[det.box for det, _ in faces] for faces in b] for b in alone]
+    for got, want in zip(parallel, alone):
+        for got_faces, want_faces in zip(got, want):
+            for (_, got_probs), (_, want_probs) in zip(got_faces, want_faces):
+                assert got_probs.tolist() == pytest.approx(want_probs.tolist(), abs=1e-4)
 
 
 def test_rescoring_adds_nothing_and_records_each_run(champion_url, tiny_demo):

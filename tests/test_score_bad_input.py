@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from PIL import Image
 
 from maskjob import db, score as score_module
-from maskjob.score import decode_frame, discover_frames, score
+from maskjob.frames import decode_frame, discover_frames
+from maskjob.score import score
 from tests.test_score import TEST_DETECTOR, copy_inbox, score_settings, use_champion
 
 REPO = Path(__file__).resolve().parents[1]

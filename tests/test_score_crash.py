@@ -13,7 +13,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from maskjob import db
-from maskjob.score import discover_frames, score
+from maskjob.frames import discover_frames
+from maskjob.score import score
 from tests.test_score import TEST_DETECTOR, copy_inbox, counts, score_settings, table_rows, use_champion
 
 REPO = Path(__file__).resolve().parents[1]
