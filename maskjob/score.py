@@ -35,19 +35,14 @@ from maskjob.config import Settings
 from maskjob.db import Image, ModelVersion, ScoringRun, insert_images_and_faces, session, utcnow
 from maskjob.detect import Detection, FaceClassifier, FaceDetector, classify_faces, create_detector, draw_faces
 from maskjob.errors import MaskjobError
-# discover_frames, shard_frames and to_naive_utc are also imported from here by
-# maskjob/pipeline.py, maskjob/cli/score_cmds.py and tests/test_dag_run.py.
 from maskjob.frames import DecodedFrame, decode_frame, discover_frames, shard_frames, to_naive_utc
 from maskjob.imageio import read_rgb, sha256_file
 
 __all__ = [
     "ScoreSummary",
     "classify_batches",
-    "discover_frames",
     "predict_files",
     "score",
-    "shard_frames",
-    "to_naive_utc",
 ]
 
 logger = logging.getLogger(__name__)
