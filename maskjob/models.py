@@ -132,30 +132,24 @@ class ArchSpec:
         return self.weights is not None
 
 
+def _resnet_spec(factory: Callable[..., nn.Module], weights: Any) -> ArchSpec:
+    return ArchSpec(
+        build=_resnet(factory),
+        image_size=96,
+        epochs=8,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        weights=weights,
+        replace_head=_replace_resnet_head,
+        head=("fc.",),
+        last_stage=("layer4.",),
+    )
+
+
 ARCHS: dict[str, ArchSpec] = {
     "cnn": ArchSpec(build=_cnn, image_size=64, epochs=24, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "resnet18": ArchSpec(
-        build=_resnet(torchvision.models.resnet18),
-        image_size=96,
-        epochs=8,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        weights=ResNet18_Weights.IMAGENET1K_V1,
-        replace_head=_replace_resnet_head,
-        head=("fc.",),
-        last_stage=("layer4.",),
-    ),
-    "resnet50": ArchSpec(
-        build=_resnet(torchvision.models.resnet50),
-        image_size=96,
-        epochs=8,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        weights=ResNet50_Weights.IMAGENET1K_V1,
-        replace_head=_replace_resnet_head,
-        head=("fc.",),
-        last_stage=("layer4.",),
-    ),
+    "resnet18": _resnet_spec(torchvision.models.resnet18, ResNet18_Weights.IMAGENET1K_V1),
+    "resnet50": _resnet_spec(torchvision.models.resnet50, ResNet50_Weights.IMAGENET1K_V1),
     "mobilenet_v2": ArchSpec(
         build=lambda: torchvision.models.mobilenet_v2(weights=None),
         image_size=96,

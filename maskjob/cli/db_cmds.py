@@ -16,22 +16,13 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
     return settings_from_args(args, database_url=args.database_url, **overrides)
 
 
-def _db_upgrade(args: argparse.Namespace) -> int:
+def _db_migrate(args: argparse.Namespace) -> int:
     from maskjob import db
 
     url = _settings(args).database_url
     before = db.current(url)
-    after = db.upgrade(url, args.rev)
-    print(f"{db.safe_url(url)}: {before or 'empty'} -> {after or 'empty'}")
-    return 0
-
-
-def _db_downgrade(args: argparse.Namespace) -> int:
-    from maskjob import db
-
-    url = _settings(args).database_url
-    before = db.current(url)
-    after = db.downgrade(url, args.rev)
+    move = db.upgrade if args.direction == "upgrade" else db.downgrade
+    after = move(url, args.rev)
     print(f"{db.safe_url(url)}: {before or 'empty'} -> {after or 'empty'}")
     return 0
 
@@ -125,11 +116,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = actions.add_parser("upgrade", help="migrate the schema up (creates the database if needed)")
     p.add_argument("rev", nargs="?", default="head", help="target revision (default: head)")
     _add_url(p)
-    p.set_defaults(func=_db_upgrade)
+    p.set_defaults(func=_db_migrate, direction="upgrade")
     p = actions.add_parser("downgrade", help="migrate the schema down")
     p.add_argument("rev", help="target revision, e.g. 0001; 'base' drops every maskjob table")
     _add_url(p)
-    p.set_defaults(func=_db_downgrade)
+    p.set_defaults(func=_db_migrate, direction="downgrade")
     p = actions.add_parser("current", help="show the schema revision of the database")
     _add_url(p)
     p.set_defaults(func=_db_current)
