@@ -16,7 +16,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 from maskjob import CLASSES
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
-from maskjob.imageio import is_image_name, read_rgb, sha256_file
+from maskjob.imageio import is_image_name, read_rgb, sha256_bytes, sha256_file
 
 __all__ = [
     "SPLITS",
@@ -131,6 +131,7 @@ class DataCheck:
     unreadable: list[dict[str, str]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    fingerprint: str | None = None  # as dataset_fingerprint(root); None when a file could not be read
 
     @property
     def ok(self) -> bool:
@@ -190,19 +191,25 @@ def check_dataset(root: str | Path, max_pixels: int) -> DataCheck:
     imbalance = {s: max(c.values()) / max(min(c.values()), 1) for s, c in counts.items()}
     unreadable: list[dict[str, str]] = []
     by_hash: dict[str, dict[str, list[str]]] = defaultdict(lambda: {s: [] for s in SPLITS})
+    content: list[tuple[str, str]] = []
+    all_read = True
     for split, items in index.splits.items():
         for path, _ in items:
             rel = path.relative_to(index.root).as_posix()
             try:
                 data = path.read_bytes()
-                read_rgb(path, max_pixels, data=data)
             except OSError as exc:
                 unreadable.append({"path": rel, "reason": f"cannot read file ({exc.strerror or exc})"})
+                all_read = False
                 continue
+            digest = sha256_bytes(data)
+            content.append((rel, digest))
+            try:
+                read_rgb(path, max_pixels, data=data)
             except MaskjobError as exc:
                 unreadable.append({"path": rel, "reason": _reason(exc, path)})
                 continue
-            by_hash[hashlib.sha256(data).hexdigest()][split].append(rel)
+            by_hash[digest][split].append(rel)
     duplicates = [
         {"sha256": digest, "train": where["train"], "test": where["test"]}
         for digest, where in sorted(by_hash.items())
@@ -213,7 +220,8 @@ def check_dataset(root: str | Path, max_pixels: int) -> DataCheck:
         for s, r in imbalance.items()
         if r > IMBALANCE_WARN_RATIO
     ]
-    return DataCheck(index.root, counts, imbalance, unreadable, duplicates, warnings)
+    fingerprint = _fingerprint(content) if all_read else None
+    return DataCheck(index.root, counts, imbalance, unreadable, duplicates, warnings, fingerprint)
 
 
 def dataset_fingerprint(root: str | Path) -> str:
@@ -226,13 +234,17 @@ def dataset_fingerprint(root: str | Path) -> str:
         A hex digest that changes when any image is added, removed, renamed or edited.
     """
     index = scan_dataset(root)
-    entries = sorted(
+    return _fingerprint(
         (path.relative_to(index.root).as_posix(), sha256_file(path))
         for items in index.splits.values()
         for path, _ in items
     )
+
+
+def _fingerprint(entries: Iterable[tuple[str, str]]) -> str:
+    """sha256 over sorted ``(relative path, content sha256)`` pairs."""
     digest = hashlib.sha256()
-    for rel, content in entries:
+    for rel, content in sorted(entries):
         digest.update(f"{rel}\t{content}\n".encode())
     return digest.hexdigest()
 

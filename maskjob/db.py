@@ -33,7 +33,7 @@ __all__ = [
     "MODEL_STATUSES", "RUN_STATUSES", "IMAGE_STATUSES", "VIEW_NAMES",
     "face_predictions", "image_predictions", "daily_compliance",
     "make_engine", "open_database", "session", "upgrade", "downgrade", "current",
-    "head_revision", "upsert_ignore", "insert_images_and_faces", "utcnow", "safe_url",
+    "head_revision", "upsert_ignore", "insert_images_and_faces", "utcnow", "to_naive_utc", "safe_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,13 @@ NAMING_CONVENTION = {
 def utcnow() -> datetime:
     """Now as naive UTC, the form every time column stores."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def to_naive_utc(value: datetime) -> datetime:
+    """``value`` as naive UTC, the form every time column stores; naive input is taken as UTC."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _in(column: str, values: Sequence[str]) -> str:

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from maskjob.db import to_naive_utc
 from maskjob.errors import MaskjobError
 from maskjob.imageio import is_image_name, read_rgb, sha256_bytes
 
@@ -36,7 +37,6 @@ __all__ = [
     "discover_frames",
     "name_timestamp",
     "shard_frames",
-    "to_naive_utc",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,13 +68,6 @@ class DecodedFrame:
     rgb: np.ndarray | None
     content_sha256: str | None
     reason: str | None
-
-
-def to_naive_utc(value: datetime) -> datetime:
-    """``value`` as naive UTC; a naive input is taken to be UTC already."""
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def name_timestamp(name: str) -> datetime | None:

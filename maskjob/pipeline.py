@@ -77,10 +77,9 @@ def database_url_from_connection(
 
 def _utc(iso: str) -> datetime:
     """An ISO timestamp as naive UTC (the database's form); naive input is taken as UTC."""
-    moment = datetime.fromisoformat(iso)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
+    from maskjob.db import to_naive_utc
+
+    return to_naive_utc(datetime.fromisoformat(iso))
 
 
 def validate_dataset(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,7 +91,7 @@ def validate_dataset(config: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         MaskjobError: a broken dataset, with every problem found and how to fix it.
     """
-    from maskjob.data import check_dataset, dataset_fingerprint
+    from maskjob.data import check_dataset
     from maskjob.registry import json_safe
 
     settings = run_settings(config)
@@ -102,7 +101,7 @@ def validate_dataset(config: Mapping[str, Any]) -> dict[str, Any]:
             f"the training dataset at {settings.dataset_root} is broken:\n{check.format_text()}\n"
             "Fix or remove the files listed above and run again."
         )
-    fingerprint = dataset_fingerprint(settings.dataset_root)
+    fingerprint = check.fingerprint  # from the same reads as the check: each image is read once
     logger.info("dataset %s is valid (fingerprint %s)", settings.dataset_root, fingerprint[:12])
     return {**json_safe(check.to_dict()), "fingerprint": fingerprint}
 
@@ -120,7 +119,7 @@ def decide_retrain(
     Returns:
         ``{"retrain": bool, "reason": str, "champion": version or None}``.
     """
-    from maskjob.db import open_database, upgrade
+    from maskjob.db import open_database, upgrade, utcnow
     from maskjob.registry import champion
 
     settings = run_settings(config)
@@ -130,7 +129,7 @@ def decide_retrain(
         current = champion(engine)
     finally:
         engine.dispose()
-    moment = _utc(now) if now else datetime.now(UTC).replace(tzinfo=None)
+    moment = _utc(now) if now else utcnow()
     if force:
         retrain, reason = True, "retraining was forced (force_retrain)"
     elif current is None:

@@ -34,6 +34,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 import maskjob
 from maskjob.config import Settings
+from maskjob.db import to_naive_utc
 from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
 from maskjob.report_data import WindowData, load_window
@@ -244,7 +245,7 @@ def _series_chart(data: WindowData, start: datetime, end: datetime, hourly: bool
 def _normalise_window(start: date | datetime, end: date | datetime) -> tuple[datetime, datetime]:
     def as_naive_utc(value: date | datetime) -> datetime:
         if isinstance(value, datetime):
-            return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+            return to_naive_utc(value)
         return datetime.combine(value, time())
 
     start_dt = as_naive_utc(start)

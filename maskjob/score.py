@@ -32,10 +32,10 @@ from sqlalchemy.engine import Engine
 
 from maskjob import CLASSES
 from maskjob.config import Settings
-from maskjob.db import Image, ModelVersion, ScoringRun, insert_images_and_faces, session, utcnow
+from maskjob.db import Image, ModelVersion, ScoringRun, insert_images_and_faces, session, to_naive_utc, utcnow
 from maskjob.detect import Detection, FaceClassifier, FaceDetector, classify_faces, create_detector, draw_faces
 from maskjob.errors import MaskjobError
-from maskjob.frames import DecodedFrame, decode_frame, discover_frames, shard_frames, to_naive_utc
+from maskjob.frames import DecodedFrame, decode_frame, discover_frames, shard_frames
 from maskjob.imageio import read_rgb, sha256_file
 
 __all__ = [

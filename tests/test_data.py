@@ -202,3 +202,18 @@ def test_loaders_are_seeded_and_work_with_worker_processes(synthetic_dataset, se
     assert len(first) == 2
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert np.isfinite(torch.cat(first).numpy()).all()
+
+
+def test_check_fingerprint_equals_dataset_fingerprint(tmp_path):
+    root = tmp_path / "ds"
+    for split in ("train", "test"):
+        for i, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (24, 24), (40 * i, 90, 200 if split == "test" else 10)).save(folder / "a.png")
+    (root / "train" / "with_mask" / "broken.jpg").write_bytes(b"not an image")
+    check = check_dataset(root, max_pixels=10_000_000)
+    assert not check.ok  # a file that does not decode is still part of the fingerprint
+    assert check.fingerprint == dataset_fingerprint(root)
+    (root / "test" / "partial_mask" / "a.png").write_bytes(b"edited")
+    assert check_dataset(root, max_pixels=10_000_000).fingerprint != check.fingerprint

@@ -11,7 +11,8 @@ import pytest
 from PIL import ExifTags, Image
 
 from maskjob.errors import MaskjobError
-from maskjob.frames import capture_time, discover_frames, name_timestamp, shard_frames, to_naive_utc
+from maskjob.db import to_naive_utc
+from maskjob.frames import capture_time, discover_frames, name_timestamp, shard_frames
 
 
 def _jpeg(path: Path, exif_time: str | None = None, exif_offset: str | None = None, mtime: datetime | None = None) -> Path:

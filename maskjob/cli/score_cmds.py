@@ -21,7 +21,7 @@ def parse_time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO 8601 time; use e.g. 2026-11-24 or 2026-11-24T07:00:00Z"
         ) from None
-    from maskjob.frames import to_naive_utc
+    from maskjob.db import to_naive_utc
 
     return to_naive_utc(value)
 
