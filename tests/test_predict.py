@@ -15,7 +15,7 @@ from maskjob.detect import CLASS_COLOURS
 from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
 from maskjob.frames import discover_frames
-from maskjob.score import predict_files
+from maskjob.predict import predict_files
 from tests.test_score import TEST_DETECTOR, counts, score_settings, use_champion
 
 

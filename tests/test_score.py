@@ -136,7 +136,7 @@ def test_scoring_finds_the_demo_faces_and_labels(champion_url, tiny_demo, tiny_c
     assert matched / max(1, summary.n_faces) >= 0.8, "precision"
 
 
-@pytest.mark.parametrize("name", ["mtcnn", "res10"])
+@pytest.mark.parametrize("name", ["mtcnn", "res10", "ultralight"])
 def test_batches_in_parallel_equal_batches_one_at_a_time(name, tiny_demo, tiny_checkpoints):
     import torch
 

@@ -73,7 +73,7 @@ def _format_prediction(result: dict) -> list[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from maskjob.score import predict_files
+    from maskjob.predict import predict_files
 
     settings = settings_from_args(args)
     results = predict_files(args.files, settings, annotate_dir=args.annotate, checkpoint=args.model)
