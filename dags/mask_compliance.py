@@ -81,6 +81,10 @@ def _params(s: Settings) -> dict[str, Param]:
             description=f"Airflow connection (postgres/sqlite) for the predictions database; default ${CONN_ID_ENV}.",
         ),
         "shards": Param(s.shards, type="integer", minimum=1, description="Scoring shards (mapped tasks)."),
+        "retry_unreadable": Param(
+            s.retry_unreadable, type="boolean",
+            description="Read frames recorded unreadable again (re-run an interval after late uploads).",
+        ),
         "retrain_max_age_days": Param(
             s.retrain_max_age_days, type="number", exclusiveMinimum=0, description="Retrain when the champion is older."
         ),

@@ -57,6 +57,7 @@ class Settings:
     min_face_px: int = 20
     max_image_pixels: int = 40_000_000
     score_batch_frames: int = 16
+    retry_unreadable: bool = False
     shards: int = 2
 
     review_threshold: float = 0.75

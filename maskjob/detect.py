@@ -159,7 +159,8 @@ class Res10:
 
 class Mtcnn:
     """MTCNN with facenet-pytorch's networks and weights, run by :mod:`maskjob.mtcnn_cascade`
-    (the same cascade, ~1.15x faster on CPU); images of the same size share forward passes.
+    (the same cascade, ~1.1x faster with two scoring workers); images of the same size share
+    forward passes.
 
     Args:
         threshold: minimum final-stage probability for a face.

@@ -189,10 +189,13 @@ def load_registered(model: ModelVersion) -> Any:
     return load_classifier(path)
 
 
-def _scored_paths(engine: Engine, model_version_id: int) -> set[str]:
+def _scored_paths(engine: Engine, model_version_id: int, *, retry_unreadable: bool) -> set[str]:
+    """Paths the model has a row for (not counting ``unreadable`` ones when retrying them)."""
+    query = sa.select(Image.path).where(Image.model_version_id == model_version_id)
+    if retry_unreadable:
+        query = query.where(Image.status != "unreadable")
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(Image.path).where(Image.model_version_id == model_version_id))
-        return {path for (path,) in rows}
+        return {path for (path,) in conn.execute(query)}
 
 
 def face_row(index: int, det: Detection, probs: np.ndarray) -> dict[str, Any]:
@@ -275,7 +278,9 @@ def score(
         progress: show a tqdm bar (``None``: only on a terminal).
 
     Returns:
-        The run's counts; frames already scored by the model are skipped, not rescored.
+        The run's counts; frames already scored by the model are skipped, not rescored, except
+        frames recorded ``unreadable`` when ``settings.retry_unreadable`` is on: each is read
+        again and its old row replaced in the transaction that writes the new one.
 
     Raises:
         MaskjobError: no champion / unknown version, missing checkpoint or detector files.
@@ -287,7 +292,7 @@ def score(
     detector = create_detector(settings.detector, settings)
     inbox = Path(inbox)
     frames = shard_frames(discover_frames(inbox, since, until), *shard)
-    done = _scored_paths(engine, model.id)
+    done = _scored_paths(engine, model.id, retry_unreadable=settings.retry_unreadable)
     todo = [f for f in frames if f.rel_path not in done]
     with session(engine) as s:
         run = ScoringRun(
@@ -316,6 +321,10 @@ def score(
                     rows = _image_rows(batch, found_per_frame, model.id, run.id)
                     _tally(summary, rows)
                     with engine.begin() as conn:
+                        if settings.retry_unreadable:
+                            conn.execute(sa.delete(Image).where(
+                                Image.model_version_id == model.id, Image.status == "unreadable",
+                                Image.path.in_([row["path"] for row in rows])))
                         insert_images_and_faces(conn, rows)
                         conn.execute(update.values(**_run_counts(summary)))
                     bar.update(len(batch))

@@ -101,6 +101,7 @@ def test_param_defaults_come_from_maskjob_settings(dag):
     assert params["promotion_margin"] == defaults.promotion_margin
     assert params["transfer_arch"] == defaults.transfer_arch
     assert params["max_epochs"] == defaults.max_epochs
+    assert params["retry_unreadable"] is defaults.retry_unreadable is False
     assert params["dataset_root"] is None and params["database_conn_id"] is None
     for name in params:
         assert params.get_param(name).description, f"param {name} has no description"
@@ -112,7 +113,7 @@ def test_params_reject_bad_per_run_values(dag):
 
     good = ParamsDict({**dag.params, "shards": 4})
     assert good.validate()["shards"] == 4
-    for bad in ({"shards": 0}, {"transfer_arch": "vgg"}, {"force_retrain": "yes"}):
+    for bad in ({"shards": 0}, {"transfer_arch": "vgg"}, {"force_retrain": "yes"}, {"retry_unreadable": "no"}):
         merged = ParamsDict(dag.params)
         with pytest.raises(ParamValidationError):
             for key, value in bad.items():
@@ -159,8 +160,9 @@ def test_schedule_and_database_connection_are_configurable_from_the_environment(
 def test_run_settings_apply_params_and_ignore_empty_values(tmp_path):
     settings = run_settings({
         "data_dir": str(tmp_path), "dataset_root": None, "inbox_dir": "", "shards": 3,
-        "force_retrain": True, "image_size": 32,
+        "force_retrain": True, "image_size": 32, "retry_unreadable": True,
     })
+    assert settings.retry_unreadable is True
     assert settings.dataset_root == tmp_path / "dataset"
     assert settings.inbox_dir == tmp_path / "inbox"
     assert settings.shards == 3

@@ -3,6 +3,7 @@ reason, while odd but valid images (alpha, 16-bit, grey, CMYK, EXIF-rotated) are
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from maskjob import db, score as score_module
+from maskjob.config import replace
 from maskjob.frames import decode_frame, discover_frames
 from maskjob.score import score
 from tests.test_score import TEST_DETECTOR, copy_inbox, score_settings, use_champion
@@ -167,3 +169,60 @@ def test_a_frame_that_vanishes_after_listing_is_recorded(tmp_path, tiny_demo, ti
     assert row.status == "unreadable" and "vanished" in row.reason
     assert summary.n_unreadable == 1 and summary.unreadable == [(gone.rel_path, row.reason)]
     assert n_images == len(discover_frames(tiny_demo.inbox))
+
+
+def test_unreadable_frames_are_kept_until_a_run_retries_them(tmp_path, tiny_demo, tiny_checkpoints):
+    """A frame caught mid-upload stays ``unreadable`` on plain reruns (nothing is rescored) and
+    is read again, its row replaced, by ``retry_unreadable`` once the file is whole."""
+    inbox = copy_inbox(tiny_demo.inbox, tmp_path / "inbox")
+    frames = discover_frames(inbox)
+    late = frames[2]
+    whole = late.path.read_bytes()
+    late.path.write_bytes(whole[: len(whole) // 4])
+    url = f"sqlite:///{tmp_path / 'retry.db'}"
+    use_champion(url, tiny_checkpoints["cnn"])
+    engine = db.make_engine(url)
+    settings = score_settings(tiny_demo.settings)
+
+    def rows() -> dict[str, tuple]:
+        with engine.connect() as conn:
+            return {r.path: (r.id, r.status, r.reason, r.n_faces) for r in conn.execute(sa.select(db.Image))}
+
+    first = score(engine, settings, inbox)
+    assert first.n_unreadable == 1 and rows()[late.rel_path][1] == "unreadable"
+    late.path.write_bytes(whole)  # the upload finished
+    before = rows()
+    again = score(engine, settings, inbox)
+    assert (again.n_frames, again.n_skipped) == (0, len(frames)) and rows() == before
+    retried = score(engine, replace(settings, retry_unreadable=True), inbox)
+    after = rows()
+    engine.dispose()
+    assert (retried.n_frames, retried.n_unreadable, retried.n_skipped) == (1, 0, len(frames) - 1)
+    assert after[late.rel_path][1] == "ok" and after[late.rel_path][2] is None and after[late.rel_path][3] > 0
+    assert {p: r for p, r in after.items() if p != late.rel_path} == {
+        p: r for p, r in before.items() if p != late.rel_path}
+    with db.make_engine(url).connect() as conn:
+        n_faces = conn.scalar(sa.select(sa.func.count()).select_from(db.Face))
+    assert n_faces == sum(r[3] for r in after.values())
+
+
+def test_cli_retry_unreadable_flag_reaches_the_scorer(tmp_path, tiny_demo, tiny_checkpoints):
+    inbox = copy_inbox(tiny_demo.inbox, tmp_path / "inbox")
+    (inbox / "cam-x").mkdir()
+    (inbox / "cam-x" / "20261124T120000.jpg").write_bytes(b"")
+    n_frames = len(discover_frames(inbox))
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    use_champion(url, tiny_checkpoints["cnn"])
+    env = {**os.environ, "MASKJOB_DATABASE_URL": url, "MASKJOB_DETECTOR": TEST_DETECTOR,
+           "MASKJOB_ASSETS_DIR": str(REPO / "data" / "assets")}
+    cmd = [sys.executable, "-m", "maskjob", "--data-dir", str(tmp_path / "data"), "score", "--inbox", str(inbox), "--json"]
+    runs = [json.loads(_ok(subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)))
+            for argv in (cmd, cmd, [*cmd, "--retry-unreadable"])]
+    assert [(r["n_frames"], r["n_unreadable"], r["n_skipped"]) for r in runs] == [
+        (n_frames, 1, 0), (0, 0, n_frames), (1, 1, n_frames - 1)]
+    assert runs[2]["unreadable"][0]["path"] == "cam-x/20261124T120000.jpg"
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout

@@ -42,7 +42,7 @@ def _score(args: argparse.Namespace) -> int:
     from maskjob.db import open_database
     from maskjob.score import score
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, **({"retry_unreadable": True} if args.retry_unreadable else {}))
     inbox = Path(args.inbox) if args.inbox else settings.inbox_dir
     if args.since and args.until and args.since >= args.until:
         raise MaskjobError(f"--since {args.since} is not before --until {args.until}; the interval is [since, until)")
@@ -99,6 +99,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
                    help="score only shard I of N (0-based, by a stable hash of the path), e.g. 0/2 and 1/2 on two workers")
     p.add_argument("--model", metavar="VERSION", help="registered model version to score with (default: the champion)")
+    p.add_argument("--retry-unreadable", action="store_true",
+                   help="read frames recorded unreadable by this model again (e.g. after an upload finished)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(func=_score)
 
