@@ -141,11 +141,14 @@ def detect_faces(frames: np.ndarray, nets: Sequence[torch.nn.Module], min_face_p
     pnet, rnet, onet = nets
     n, height, width = frames.shape[:3]
     empty = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32)) for _ in range(n)]
+    scales = _pyramid_scales(height, width, min_face_px)
+    if not scales:  # smaller than P-Net's 12 px window at min_face_px: no face can be found
+        return empty
     with torch.inference_mode():
         # The pyramid's resampling runs ~1.7x faster on contiguous NCHW than on a permuted view.
         full = torch.from_numpy(frames).permute(0, 3, 1, 2).float().contiguous()
         found, found_inds = [], []
-        for scale in _pyramid_scales(height, width, min_face_px):
+        for scale in scales:
             level = interpolate(full, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
             reg, probs = pnet(_normalise(level))
             boxes, inds = _pnet_boxes(reg, probs[:, 1], scale, thresholds[0])

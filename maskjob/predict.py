@@ -110,7 +110,12 @@ def predict_files(
             result["error"] = str(exc)
             continue
         height, width = rgb.shape[:2]
-        found = classify_faces([rgb], detector, classifier)[0]
+        try:
+            found = classify_faces([rgb], detector, classifier)[0]
+        except Exception as exc:  # noqa: BLE001 - one file's failure is that file's result
+            result.update(width=width, height=height,
+                          error=f"face detection or classification failed: {type(exc).__name__}: {exc}")
+            continue
         mode = "detected" if found else "no_face"
         if not found and _looks_like_face_crop(rgb):
             found = [(Detection((0, 0, width, height), float("nan")), classifier.predict_proba([rgb])[0])]

@@ -118,12 +118,33 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+FrameFaces = list[tuple[Detection, np.ndarray]]
+
+
+def _classify_isolating(images: Sequence[np.ndarray], detector: FaceDetector,
+                        classifier: FaceClassifier) -> list[FrameFaces | Exception]:
+    """:func:`~maskjob.detect.classify_faces` on a batch; if it raises, on each frame alone, so
+    a frame the models fail on gets its exception instead of failing the batch's other frames."""
+    try:
+        return list(classify_faces(images, detector, classifier))
+    except Exception:
+        logger.warning("a batch of %d frames failed in the models; retrying its frames one by one",
+                       len(images), exc_info=True)
+    out: list[FrameFaces | Exception] = []
+    for rgb in images:
+        try:
+            out.extend(classify_faces([rgb], detector, classifier))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
 def classify_batches(
     batches: Iterable[Sequence[np.ndarray]],
     detector: FaceDetector,
     classifier: FaceClassifier,
     workers: int | None = None,
-) -> Iterator[list[list[tuple[Detection, np.ndarray]]]]:
+) -> Iterator[list[FrameFaces | Exception]]:
     """:func:`~maskjob.detect.classify_faces` on each batch, ``workers`` batches at once.
 
     Each worker thread runs torch on one thread. MTCNN is thousands of small operations per
@@ -137,7 +158,8 @@ def classify_batches(
         workers: batches in flight; default ``torch.get_num_threads()`` (the CPU cores).
 
     Returns:
-        Per batch, in input order, per frame, ``(detection, class probabilities)`` per face.
+        Per batch, in input order, per frame, ``(detection, class probabilities)`` per face,
+        or the exception the models raised on that frame alone.
     """
     import torch
 
@@ -147,7 +169,7 @@ def classify_batches(
     # the default for threads that start later: restore that afterwards.
     pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
     try:
-        yield from _prefetch(pool, batches, lambda images: classify_faces(images, detector, classifier),
+        yield from _prefetch(pool, batches, lambda images: _classify_isolating(images, detector, classifier),
                              window=workers + 1)
     finally:
         pool.shutdown(cancel_futures=True)
@@ -209,7 +231,7 @@ def face_row(index: int, det: Detection, probs: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[list[tuple[Detection, np.ndarray]]],
+def _image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[FrameFaces | Exception],
                 model_version_id: int, run_id: int) -> list[dict[str, Any]]:
     faces = iter(found_per_frame)
     scored_at = utcnow()
@@ -223,8 +245,13 @@ def _image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[list[tu
         }
         if item.rgb is None:
             row.update(status="unreadable", n_faces=0, faces=[])
+            rows.append(row)
+            continue
+        found = next(faces)
+        if isinstance(found, Exception):
+            row.update(status="unreadable", n_faces=0, faces=[], height=item.rgb.shape[0], width=item.rgb.shape[1],
+                       reason=f"face detection or classification failed: {type(found).__name__}: {found}"[:500])
         else:
-            found = next(faces)
             row.update(
                 height=item.rgb.shape[0], width=item.rgb.shape[1], n_faces=len(found),
                 status="ok" if found else "no_face",

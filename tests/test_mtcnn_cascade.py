@@ -78,3 +78,11 @@ def test_last_stage_nms_measures_overlap_against_the_smaller_box():
     scores = np.array([0.9, 0.95, 0.8], np.float32)
     # The small box lies wholly inside the big one: overlap 1.0 of the smaller box.
     assert sorted(_nms_min(boxes, scores, 0.7)) == [1, 2]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (15, 15, 3), (8, 300, 3)])
+def test_frames_smaller_than_the_smallest_face_have_no_faces(facenet, shape):
+    """Below 12 px at the first pyramid scale there is no level to search (facenet-pytorch
+    itself raises on such frames)."""
+    frames = np.zeros((2, *shape), np.uint8)
+    assert [len(b) for b, _ in detect_faces(frames, _nets(facenet), 20)] == [0, 0]

@@ -16,7 +16,7 @@ from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
 from maskjob.frames import discover_frames
 from maskjob.predict import predict_files
-from tests.test_score import TEST_DETECTOR, counts, score_settings, use_champion
+from tests.test_score import TEST_DETECTOR, counts, failing_detector, score_settings, use_champion
 
 
 @pytest.fixture
@@ -91,3 +91,22 @@ def test_predict_command_json_and_exit_status(files, tiny_demo, tiny_checkpoints
     text = capsys.readouterr().out
     assert "mode whole_image" in text and "unreadable" in text and "face 0 box" in text
     assert sorted(p.name for p in out_dir.iterdir()) == ["plain-2.png", "plain.png"]
+
+
+def test_a_file_the_models_fail_on_is_reported_and_the_rest_predicted(files, tiny_demo, tiny_checkpoints,
+                                                                       tmp_path, monkeypatch):
+    """Fault injection: the real detector, made to raise on 480x640 frames; and a 10x10 image,
+    smaller than any face MTCNN can find, which is classified whole like any small crop."""
+    from maskjob import predict as predict_module
+    from maskjob.detect import create_detector
+
+    settings = score_settings(tiny_demo.settings)
+    failing = failing_detector(create_detector(settings.detector, settings), (480, 640), "out of memory, say")
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((10, 10, 3), 200, np.uint8)).save(tiny)
+    monkeypatch.setattr(predict_module, "create_detector", lambda name, s: failing)
+    frame, crop, small = predict_files([files["frame"], files["crop"], tiny], settings,
+                                       checkpoint=tiny_checkpoints["cnn"])
+    assert frame["mode"] == "unreadable" and "RuntimeError: out of memory, say" in frame["error"]
+    assert (frame["width"], frame["height"], frame["faces"]) == (640, 480, [])
+    assert crop["mode"] == "whole_image" and small["mode"] == "whole_image" and len(small["faces"]) == 1

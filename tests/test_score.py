@@ -78,6 +78,20 @@ def read_truth(path: Path) -> dict[str, list[tuple[tuple[int, int, int, int], st
     return truth
 
 
+def failing_detector(real, shape: tuple[int, int], message: str):
+    """Fault injection: ``real``, made to raise ``RuntimeError(message)`` on (H, W) ``shape`` frames."""
+
+    class Failing:
+        name, crop_scale = real.name, real.crop_scale
+
+        def detect_batch(self, images):
+            if any(img.shape[:2] == shape for img in images):
+                raise RuntimeError(message)
+            return real.detect_batch(images)
+
+    return Failing()
+
+
 def copy_inbox(src: Path, dst: Path, copies: int = 1) -> Path:
     """A private copy of an inbox; ``copies`` > 1 repeats each frame one second later."""
     for frame in discover_frames(src):

@@ -21,7 +21,7 @@ from maskjob import db, score as score_module
 from maskjob.config import replace
 from maskjob.frames import decode_frame, discover_frames
 from maskjob.score import score
-from tests.test_score import TEST_DETECTOR, copy_inbox, score_settings, use_champion
+from tests.test_score import TEST_DETECTOR, copy_inbox, failing_detector, score_settings, use_champion
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -226,3 +226,53 @@ def test_cli_retry_unreadable_flag_reaches_the_scorer(tmp_path, tiny_demo, tiny_
 def _ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+def test_a_frame_the_models_fail_on_is_recorded_and_the_rest_scored(tmp_path, tiny_demo, tiny_checkpoints):
+    """Fault injection: the real detector, made to raise on one frame size. The batch is
+    retried frame by frame; that frame gets an ``unreadable`` row naming the failure."""
+    from maskjob.detect import create_detector
+
+    inbox = copy_inbox(tiny_demo.inbox, tmp_path / "inbox")
+    odd = inbox / "cam-odd" / "20261124T120000.png"
+    odd.parent.mkdir()
+    Image.new("RGB", (321, 123), "grey").save(odd)
+    settings = score_settings(tiny_demo.settings, score_batch_frames=4)
+    failing = failing_detector(create_detector(settings.detector, settings), (123, 321), "cannot handle 321x123")
+
+    def run(name: str, faulty: bool) -> tuple:
+        url = f"sqlite:///{tmp_path / name}"
+        use_champion(url, tiny_checkpoints["cnn"])
+        engine = db.make_engine(url)
+        with pytest.MonkeyPatch.context() as mp:
+            if faulty:
+                mp.setattr(score_module, "create_detector", lambda name, s: failing)
+            summary = score(engine, settings, inbox)
+        with engine.connect() as conn:
+            rows = {r.path: (r.status, r.reason, r.width, r.height, r.n_faces) for r in conn.execute(sa.select(db.Image))}
+        engine.dispose()
+        return summary, rows
+
+    summary, rows = run("fault.db", faulty=True)
+    clean_summary, clean_rows = run("clean.db", faulty=False)
+    status, reason, width, height, _ = rows.pop("cam-odd/20261124T120000.png")
+    assert status == "unreadable" and "RuntimeError: cannot handle 321x123" in reason
+    assert (width, height) == (321, 123)
+    assert summary.n_unreadable == 1 and summary.n_frames == clean_summary.n_frames
+    # Every other frame, the ones batched with the odd one included, is scored as without the fault.
+    clean_rows.pop("cam-odd/20261124T120000.png")
+    assert rows == clean_rows and summary.n_faces == clean_summary.n_faces > 0
+
+
+def test_a_frame_smaller_than_any_face_is_no_face(tmp_path, tiny_demo, tiny_checkpoints):
+    inbox = tmp_path / "inbox"
+    (inbox / "cam-tiny").mkdir(parents=True)
+    Image.new("RGB", (10, 10), "white").save(inbox / "cam-tiny" / "20261124T120000.png")
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+    use_champion(url, tiny_checkpoints["cnn"])
+    engine = db.make_engine(url)
+    summary = score(engine, score_settings(tiny_demo.settings), inbox)
+    with engine.connect() as conn:
+        (row,) = conn.execute(sa.select(db.Image)).all()
+    engine.dispose()
+    assert (summary.n_frames, summary.n_no_face, row.status) == (1, 1, "no_face")
