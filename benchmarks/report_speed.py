@@ -3,7 +3,8 @@
 Builds (once, cached) a SQLite database of 1,000,000 faces over 30 days and 20 cameras with
 bulk Core inserts, writes real 640x480 JPEG frames for the faces the galleries will show
 (so crop reading is measured too), then renders the report for several windows, each in a
-fresh process, and prints a markdown table of render time and peak resident memory.
+fresh process, and prints a markdown table of render time and peak resident memory; then
+times the README's example analyst queries on the views.
 
     .venv/bin/python benchmarks/report_speed.py [--faces 1000000] [--db PATH] [--rebuild]
 """
@@ -161,6 +162,37 @@ def measure(db_path: Path, inbox: Path, out: Path, start: str, end: str, camera:
             "rss_after_imports_mib": rss_before / 1024, "html_kib": path.stat().st_size / 1024}
 
 
+# The README's example analyst queries ("Views for analysts"), on the views.
+ANALYST_QUERIES = {
+    "ten worst cameras over a week (daily_compliance)": """
+        SELECT camera_id, SUM(faces) AS faces, SUM(with_mask) AS with_mask,
+               CAST(SUM(with_mask) AS DOUBLE PRECISION) / NULLIF(SUM(faces), 0) AS compliance_rate
+        FROM daily_compliance WHERE day >= '2026-11-18' AND day < '2026-11-25'
+        GROUP BY camera_id HAVING SUM(faces) > 0 ORDER BY compliance_rate, camera_id LIMIT 10""",
+    "violations on one day by camera and kind (face_predictions)": """
+        SELECT camera_id, label, COUNT(*) AS faces FROM face_predictions
+        WHERE captured_at >= '2026-11-24' AND captured_at < '2026-11-25' AND label <> 'with_mask'
+        GROUP BY camera_id, label ORDER BY faces DESC""",
+    "share of compliant frames per camera (image_predictions)": """
+        SELECT camera_id, COUNT(*) AS frames, COUNT(compliant) AS frames_with_faces,
+               SUM(compliant) AS compliant_frames, AVG(compliant) AS compliant_share
+        FROM image_predictions GROUP BY camera_id ORDER BY camera_id""",
+}
+
+
+def time_analyst_queries(db_path: Path) -> list[tuple[str, float, int]]:
+    """Wall seconds and row count of each :data:`ANALYST_QUERIES` entry, each on a new connection."""
+    import sqlite3
+
+    out = []
+    for name, sql in ANALYST_QUERIES.items():
+        with sqlite3.connect(db_path) as conn:
+            began = time.perf_counter()
+            rows = conn.execute(sql).fetchall()
+            out.append((name, time.perf_counter() - began, len(rows)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=int, default=1_000_000, help="faces in the database")
@@ -198,6 +230,11 @@ def main() -> None:
     for window, cams, r in rows:
         print(f"| {window} | {cams} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['peak_rss_mib']:.0f} "
               f"| {r['rss_after_imports_mib']:.0f} | {r['html_kib']:.0f} |")
+    print(f"\nThe README's analyst queries on the same database (the views pick each image's latest scoring)\n")
+    print("| query | wall (s) | rows |")
+    print("|---|---:|---:|")
+    for name, seconds, n_rows in time_analyst_queries(db_path):
+        print(f"| {name} | {seconds:.2f} | {n_rows} |")
 
 
 if __name__ == "__main__":
