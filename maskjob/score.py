@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from maskjob import CLASSES
 from maskjob.config import Settings
@@ -220,6 +221,25 @@ def _scored_paths(engine: Engine, model_version_id: int, *, retry_unreadable: bo
         return {path for (path,) in conn.execute(query)}
 
 
+def _close_interrupted_runs(s: Session, run: ScoringRun) -> None:
+    """Mark earlier runs of the same model, shard and interval still ``running`` as ``failed``.
+
+    Their process stopped without finishing (killed, machine lost): a live one would not be
+    re-run by the DAG, and if one still is alive, its own last update overwrites this.
+    """
+    same = [ScoringRun.model_version_id == run.model_version_id, ScoringRun.shard_index == run.shard_index,
+            ScoringRun.shard_count == run.shard_count, ScoringRun.status == "running", ScoringRun.id != run.id]
+    for column, value in ((ScoringRun.interval_start, run.interval_start), (ScoringRun.interval_end, run.interval_end)):
+        same.append(column.is_(None) if value is None else column == value)
+    closed = s.execute(sa.update(ScoringRun).where(*same).values(
+        status="failed",
+        error=f"interrupted: still running when run {run.id} started on the same shard and interval; "
+              f"its committed frames are kept and run {run.id} scores the rest",
+    ))
+    if closed.rowcount:
+        logger.warning("marked %d interrupted scoring run(s) of this shard and interval as failed", closed.rowcount)
+
+
 def face_row(index: int, det: Detection, probs: np.ndarray) -> dict[str, Any]:
     best = int(np.argmax(probs))
     x1, y1, x2, y2 = det.box
@@ -329,6 +349,8 @@ def score(
             started_at=utcnow(), status="running", n_skipped=len(frames) - len(todo),
         )
         s.add(run)
+        s.flush()
+        _close_interrupted_runs(s, run)
     summary = ScoreSummary(run.id, model.version, n_skipped=len(frames) - len(todo))
     logger.info("scoring %d frames (%d already scored) with %s, run %d",
                 len(todo), summary.n_skipped, model.version, run.id)

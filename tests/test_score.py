@@ -251,3 +251,25 @@ def test_score_command(tmp_path, tiny_demo, tiny_checkpoints, monkeypatch, capsy
     assert counts(url)[0] == n_frames
     assert main([*argv[:-4], "--since", "2026-11-25", "--until", "2026-11-24"]) == 2
     assert "not before --until" in capsys.readouterr().err
+
+
+def test_a_new_run_closes_interrupted_runs_of_its_shard_and_interval_only(champion_url, tiny_demo):
+    """Runs left ``running`` by a dead process (see test_score_crash for a real kill -9)."""
+    engine = db.make_engine(champion_url)
+    since, until = datetime(2026, 11, 24), datetime(2026, 11, 25)
+    with engine.begin() as conn:
+        version_id = conn.scalar(sa.select(db.ModelVersion.id))
+        base = {"model_version_id": version_id, "started_at": db.utcnow(), "shard_count": 2}
+        conn.execute(sa.insert(db.ScoringRun), [
+            dict(base, shard_index=0, interval_start=since, interval_end=until, status="running"),
+            dict(base, shard_index=1, interval_start=since, interval_end=until, status="running"),
+            dict(base, shard_index=0, interval_start=None, interval_end=until, status="running"),
+            dict(base, shard_index=0, interval_start=since, interval_end=until, status="succeeded"),
+        ])
+    summary = score(engine, score_settings(tiny_demo.settings), tiny_demo.inbox, since, until, shard=(0, 2))
+    with engine.connect() as conn:
+        runs = conn.execute(sa.select(db.ScoringRun).order_by(db.ScoringRun.id)).all()
+    engine.dispose()
+    assert [r.status for r in runs] == ["failed", "running", "running", "succeeded", "succeeded"]
+    assert runs[0].error.startswith(f"interrupted: still running when run {summary.run_id} started")
+    assert runs[4].id == summary.run_id and runs[3].error is None

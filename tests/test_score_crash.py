@@ -77,7 +77,10 @@ def test_kill_mid_run_then_rerun_equals_a_clean_run(db_url, tiny_demo, tiny_chec
     with engine.connect() as conn:
         runs = conn.execute(sa.select(db.ScoringRun).order_by(db.ScoringRun.id)).all()
     engine.dispose()
-    assert [r.status for r in runs] == ["running", "succeeded"]  # the killed run could not finish
+    # The killed run could not finish; the rerun of the same shard and interval closed it.
+    assert [r.status for r in runs] == ["failed", "succeeded"]
+    assert runs[0].error.startswith(f"interrupted: still running when run {runs[1].id} started")
+    assert runs[0].finished_at is None
     assert runs[0].n_frames == done_at_kill and runs[1].n_frames + done_at_kill == n_frames
 
 
