@@ -266,43 +266,36 @@ def naive(settings: Settings, classifier, frames: list, url: str, version_id: in
 
 
 def after_detection(batched: bool, settings: Settings, classifier, frames: list, images: list[np.ndarray],
-                    found: list, url: str, version_id: int) -> int:
+                    found: list, crop_scale: float, url: str, version_id: int) -> int:
     """The stages after detection, on detections computed beforehand: crop, classify, write.
 
     Batched: one forward pass and one transaction per ``score_batch_frames`` frames (as
     ``score`` does). Naive: one forward pass per face and one commit per row. Both on this
-    thread with torch's default thread count, so the difference is batching alone.
+    thread with torch's default thread count, so the difference is batching alone. Rows are
+    built by the scorer's own :func:`maskjob.score.image_rows`.
     """
     import sqlalchemy as sa
 
     from maskjob import db
-    from maskjob.detect import create_detector, crop_face
+    from maskjob.detect import crop_face
+    from maskjob.frames import DecodedFrame
+    from maskjob.score import image_rows
 
-    scale = create_detector(settings.detector, settings).crop_scale
     engine = db.make_engine(url)
     step = settings.score_batch_frames if batched else 1
-    now = db.utcnow()
     for start in range(0, len(frames), step):
         chunk = range(start, min(start + step, len(frames)))
-        crops = [crop_face(images[k], det.box, scale) for k in chunk for det in found[k]]
+        crops = [crop_face(images[k], det.box, crop_scale) for k in chunk for det in found[k]]
         if batched:
             probs = classifier.predict_proba(crops) if crops else np.empty((0, len(CLASSES)))
         else:
             probs = np.array([classifier.predict_proba([crop])[0] for crop in crops]).reshape(-1, len(CLASSES))
-        rows, j = [], 0
+        per_frame, j = [], 0
         for k in chunk:
-            faces = []
-            for i, det in enumerate(found[k]):
-                best = int(np.argmax(probs[j]))
-                faces.append({"face_index": i, "x1": det.box[0], "y1": det.box[1], "x2": det.box[2], "y2": det.box[3],
-                              "detector_score": det.score, "label": CLASSES[best], "confidence": float(probs[j][best]),
-                              **{f"p_{c}": float(p) for c, p in zip(CLASSES, probs[j])}})
-                j += 1
-            rows.append({"path": frames[k].rel_path, "content_sha256": f"{k:064x}", "camera_id": frames[k].camera_id,
-                         "captured_at": frames[k].captured_at, "width": images[k].shape[1],
-                         "height": images[k].shape[0], "status": "ok" if faces else "no_face", "reason": None,
-                         "n_faces": len(faces), "model_version_id": version_id, "scoring_run_id": None,
-                         "scored_at": now, "faces": faces})
+            per_frame.append([(det, probs[j + i]) for i, det in enumerate(found[k])])
+            j += len(found[k])
+        decoded = [DecodedFrame(frames[k], images[k], f"{k:064x}", None) for k in chunk]
+        rows = image_rows(decoded, per_frame, version_id, None)
         if batched:
             with engine.begin() as conn:
                 db.insert_images_and_faces(conn, rows)
@@ -454,15 +447,16 @@ def main() -> None:
 
     from maskjob.detect import create_detector
 
-    found = create_detector(settings.detector, settings).detect_batch(images)
+    detector = create_detector(settings.detector, settings)
+    found = detector.detect_batch(images)
     stages: dict[str, list[dict[str, float]]] = {"batched": [], "naive": []}
     for k in range(args.repeats):
         for name in stages:
             url = f"sqlite:///{work / f'stages-{name}-{k}.db'}"
             engine, version = champion_db(url, ckpt)
             engine.dispose()
-            stages[name].append(timed(lambda: after_detection(name == "batched", settings, classifier, frames,
-                                                              images, found, url, version.id)))
+            stages[name].append(timed(lambda: after_detection(name == "batched", settings, classifier, frames, images,
+                                                              found, detector.crop_scale, url, version.id)))
     print(f"\n| stages after detection (crop, classify, SQLite write) on the detections of {settings.detector}, "
           f"{n_faces} faces, {torch.get_num_threads()} torch threads, median (min-max) of {args.repeats} "
           "| frames/s | frames per CPU-s | x naive |")

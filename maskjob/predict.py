@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from maskjob import CLASSES
 from maskjob.config import Settings
-from maskjob.detect import Detection, classify_faces, create_detector, draw_faces
+from maskjob.detect import Detection, create_detector, draw_faces
 from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
-from maskjob.score import face_row, load_registered
+from maskjob.score import classify_isolating, face_row, failure_reason, load_registered
 
 __all__ = ["predict_files"]
 
@@ -110,11 +110,9 @@ def predict_files(
             result["error"] = str(exc)
             continue
         height, width = rgb.shape[:2]
-        try:
-            found = classify_faces([rgb], detector, classifier)[0]
-        except Exception as exc:  # noqa: BLE001 - one file's failure is that file's result
-            result.update(width=width, height=height,
-                          error=f"face detection or classification failed: {type(exc).__name__}: {exc}")
+        (found,) = classify_isolating([rgb], detector, classifier)
+        if isinstance(found, Exception):
+            result.update(width=width, height=height, error=failure_reason(found))
             continue
         mode = "detected" if found else "no_face"
         if not found and _looks_like_face_crop(rgb):

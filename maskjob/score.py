@@ -42,7 +42,10 @@ from maskjob.imageio import sha256_file
 __all__ = [
     "ScoreSummary",
     "classify_batches",
+    "classify_isolating",
+    "failure_reason",
     "face_row",
+    "image_rows",
     "load_registered",
     "score",
 ]
@@ -122,13 +125,15 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 FrameFaces = list[tuple[Detection, np.ndarray]]
 
 
-def _classify_isolating(images: Sequence[np.ndarray], detector: FaceDetector,
-                        classifier: FaceClassifier) -> list[FrameFaces | Exception]:
+def classify_isolating(images: Sequence[np.ndarray], detector: FaceDetector,
+                       classifier: FaceClassifier) -> list[FrameFaces | Exception]:
     """:func:`~maskjob.detect.classify_faces` on a batch; if it raises, on each frame alone, so
     a frame the models fail on gets its exception instead of failing the batch's other frames."""
     try:
         return list(classify_faces(images, detector, classifier))
-    except Exception:
+    except Exception as exc:
+        if len(images) == 1:
+            return [exc]
         logger.warning("a batch of %d frames failed in the models; retrying its frames one by one",
                        len(images), exc_info=True)
     out: list[FrameFaces | Exception] = []
@@ -138,6 +143,11 @@ def _classify_isolating(images: Sequence[np.ndarray], detector: FaceDetector,
         except Exception as exc:
             out.append(exc)
     return out
+
+
+def failure_reason(exc: Exception) -> str:
+    """The recorded reason for a frame the detector or classifier raised on."""
+    return f"face detection or classification failed: {type(exc).__name__}: {exc}"[:500]
 
 
 def classify_batches(
@@ -170,7 +180,7 @@ def classify_batches(
     # the default for threads that start later: restore that afterwards.
     pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
     try:
-        yield from _prefetch(pool, batches, lambda images: _classify_isolating(images, detector, classifier),
+        yield from _prefetch(pool, batches, lambda images: classify_isolating(images, detector, classifier),
                              window=workers + 1)
     finally:
         pool.shutdown(cancel_futures=True)
@@ -251,8 +261,9 @@ def face_row(index: int, det: Detection, probs: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[FrameFaces | Exception],
-                model_version_id: int, run_id: int) -> list[dict[str, Any]]:
+def image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[FrameFaces | Exception],
+               model_version_id: int, run_id: int | None) -> list[dict[str, Any]]:
+    """``images`` rows (with their ``faces``) for a batch, as :func:`score` writes them."""
     faces = iter(found_per_frame)
     scored_at = utcnow()
     rows = []
@@ -270,7 +281,7 @@ def _image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[FrameFa
         found = next(faces)
         if isinstance(found, Exception):
             row.update(status="unreadable", n_faces=0, faces=[], height=item.rgb.shape[0], width=item.rgb.shape[1],
-                       reason=f"face detection or classification failed: {type(found).__name__}: {found}"[:500])
+                       reason=failure_reason(found))
         else:
             row.update(
                 height=item.rgb.shape[0], width=item.rgb.shape[1], n_faces=len(found),
@@ -367,7 +378,7 @@ def score(
             images = ([d.rgb for d in batch if d.rgb is not None] for batch in image_batches)
             with closing(classify_batches(images, detector, classifier)) as found:
                 for batch, found_per_frame in zip(frame_batches, found):
-                    rows = _image_rows(batch, found_per_frame, model.id, run.id)
+                    rows = image_rows(batch, found_per_frame, model.id, run.id)
                     _tally(summary, rows)
                     with engine.begin() as conn:
                         if settings.retry_unreadable:
