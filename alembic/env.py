@@ -13,12 +13,12 @@ from typing import Any
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from maskjob import db
+from maskjob.storage import database, schema
 
 config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
-target_metadata = db.Base.metadata
+target_metadata = schema.Base.metadata
 
 
 def _url() -> str:
@@ -31,7 +31,7 @@ def _url() -> str:
 
 
 def _include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    return not (type_ == "table" and name in db.VIEW_NAMES)
+    return not (type_ == "table" and name in schema.VIEW_NAMES)
 
 
 def _configure(**kwargs: Any) -> None:
@@ -57,7 +57,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = db.make_engine(_url())
+    engine = database.make_engine(_url())
     try:
         with engine.begin() as connection:
             _run(connection)

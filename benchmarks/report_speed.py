@@ -75,16 +75,16 @@ def build(db_path: Path, target_faces: int, seed: int = 0) -> None:
     """
     import sqlalchemy as sa
 
-    from maskjob import db
+    from maskjob.storage import database, schema
 
     url = f"sqlite:///{db_path}"
-    db.upgrade(url)
-    engine = db.make_engine(url)
+    database.upgrade(url)
+    engine = database.make_engine(url)
     rng = np.random.default_rng(seed)
     with engine.begin() as conn:
         ids = []
         for i, arch in enumerate(("cnn", "mobilenet_v2")):
-            ids.append(conn.execute(sa.insert(db.ModelVersion).values(
+            ids.append(conn.execute(sa.insert(schema.ModelVersion).values(
                 version=f"{arch}-bench", arch=arch, checkpoint_path=f"/models/{arch}.pt",
                 checkpoint_sha256=f"{i}" * 64, metrics={}, diverged=False, created_at=datetime(2026, 10, 1),
                 status="retired" if i == 0 else "champion")).inserted_primary_key[0])
@@ -104,8 +104,8 @@ def build(db_path: Path, target_faces: int, seed: int = 0) -> None:
             images = [img for img in images if img[0] <= last_id]
             images[-1] = (*images[-1][:8], sum(f[0] == last_id for f in faces), *images[-1][9:])
         with engine.begin() as conn:
-            conn.execute(sa.insert(db.Image), [dict(zip(image_cols, row)) for row in images])
-            conn.execute(sa.insert(db.Face), [dict(zip(face_cols, row)) for row in faces])
+            conn.execute(sa.insert(schema.Image), [dict(zip(image_cols, row)) for row in images])
+            conn.execute(sa.insert(schema.Face), [dict(zip(face_cols, row)) for row in faces])
         total += len(faces)
         next_id += len(images)
         logger.info("%s: %d faces, %d images so far (%.0f s)", day, total, next_id - 1, time.perf_counter() - started)
@@ -118,13 +118,13 @@ def write_gallery_frames(db_path: Path, inbox: Path, windows: list[tuple[date, d
     """Write a JPEG frame for every face the windows' galleries and review queues will show."""
     from PIL import Image
 
-    from maskjob import db
     from maskjob.config import load_settings
-    from maskjob.report import _normalise_window
-    from maskjob.report_data import load_window
+    from maskjob.reporting.compliance import _normalise_window
+    from maskjob.reporting.compliance_data import load_window
+    from maskjob.storage import database
 
     settings = load_settings(overrides={"data_dir": inbox.parent}, environ={})
-    engine = db.make_engine(f"sqlite:///{db_path}")
+    engine = database.make_engine(f"sqlite:///{db_path}")
     rng = np.random.default_rng(1)
     written = 0
     for start, end, camera in windows:
@@ -143,12 +143,12 @@ def write_gallery_frames(db_path: Path, inbox: Path, windows: list[tuple[date, d
 
 def measure(db_path: Path, inbox: Path, out: Path, start: str, end: str, camera: str | None) -> dict:
     """Render one report in this process; return seconds and peak RSS."""
-    from maskjob import db
     from maskjob.config import load_settings
-    from maskjob.report import render_compliance_report
+    from maskjob.reporting.compliance import render_compliance_report
+    from maskjob.storage import database
 
     settings = load_settings(overrides={"data_dir": inbox.parent, "inbox_dir": inbox}, environ={})
-    engine = db.make_engine(f"sqlite:///{db_path}")
+    engine = database.make_engine(f"sqlite:///{db_path}")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     rss_before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()

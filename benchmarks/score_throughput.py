@@ -3,9 +3,9 @@
 Measures, in one run and on the same frames:
 - detector quality: recall per class (IoU >= 0.4 against ground_truth.csv) and precision;
 - the limit: detector + classifier forward passes on preloaded arrays (no I/O), run as
-  scoring runs them (:func:`maskjob.score.classify_batches`: batches of ``--batch-frames``,
+  scoring runs them (:func:`maskjob.scoring.score.classify_batches`: batches of ``--batch-frames``,
   one batch per worker thread, one torch thread each);
-- end-to-end ``maskjob.score.score`` into a fresh SQLite database (decode, detect,
+- end-to-end ``maskjob.scoring.score.score`` into a fresh SQLite database (decode, detect,
   classify, write);
 - a naive loop: one frame at a time, one classifier forward per face, one commit per row,
   with torch's default thread count, and the same loop on one torch thread (how much of the
@@ -112,8 +112,8 @@ def prepare_checkpoint(args: argparse.Namespace, work: Path) -> Path:
     if args.checkpoint:
         return args.checkpoint.resolve()
     from maskjob import __version__
-    from maskjob.checkpoint import save_checkpoint
-    from maskjob.models import ARCH_DEFAULTS, create_model
+    from maskjob.ml.checkpoint import save_checkpoint
+    from maskjob.ml.models import ARCH_DEFAULTS, create_model
 
     model = create_model(args.arch, pretrained=False)
     meta = {
@@ -136,7 +136,8 @@ def detector_quality(names: Sequence[str], settings: Settings, frames: list, ima
                      truth: dict) -> list[dict]:
     """Recall, precision and speed of each detector; timed on one torch thread, as each
     scoring worker runs it (res10 runs on OpenCV's own threads)."""
-    from maskjob.detect import create_detector, match_boxes
+    from maskjob.scoring.detectors import create_detector
+    from maskjob.scoring.matching import match_boxes
 
     rows = []
     for name in names:
@@ -173,7 +174,8 @@ def detector_quality(names: Sequence[str], settings: Settings, frames: list, ima
 
 def one_worker(settings: Settings, classifier, images: list[np.ndarray]) -> tuple[float, float, int]:
     """Seconds of detector and of classifier forward passes on one torch thread, and faces."""
-    from maskjob.detect import create_detector, crop_face
+    from maskjob.scoring.detectors import create_detector
+    from maskjob.scoring.faces import crop_face
 
     detector = create_detector(settings.detector, settings)
     t_detect = t_classify = 0.0
@@ -196,8 +198,8 @@ def one_worker(settings: Settings, classifier, images: list[np.ndarray]) -> tupl
 
 def model_limit(settings: Settings, classifier, images: list[np.ndarray]) -> int:
     """The detector and classifier on preloaded frames, as ``score`` runs them; frames done."""
-    from maskjob.detect import create_detector
-    from maskjob.score import classify_batches
+    from maskjob.scoring.detectors import create_detector
+    from maskjob.scoring.score import classify_batches
 
     detector = create_detector(settings.detector, settings)
     step = settings.score_batch_frames
@@ -209,22 +211,22 @@ def model_limit(settings: Settings, classifier, images: list[np.ndarray]) -> int
 def champion_db(url: str, ckpt: Path):
     import sqlalchemy as sa
 
-    from maskjob import db
-    from maskjob.registry import register
+    from maskjob.storage import database, schema
+    from maskjob.storage.registry import register
 
-    db.upgrade(url)
-    engine = db.make_engine(url)
+    database.upgrade(url)
+    engine = database.make_engine(url)
     version = register(engine, ckpt)
     with engine.begin() as conn:
-        conn.execute(sa.update(db.ModelVersion).where(db.ModelVersion.id == version.id).values(status="champion"))
+        conn.execute(sa.update(schema.ModelVersion).where(schema.ModelVersion.id == version.id).values(status="champion"))
     return engine, version
 
 
 def end_to_end(settings: Settings, inbox: Path, url: str) -> int:
-    from maskjob import db
-    from maskjob.score import score
+    from maskjob.scoring.score import score
+    from maskjob.storage import database
 
-    engine = db.make_engine(url)
+    engine = database.make_engine(url)
     try:
         summary = score(engine, settings, inbox, progress=False)
     finally:
@@ -234,12 +236,14 @@ def end_to_end(settings: Settings, inbox: Path, url: str) -> int:
 
 def naive(settings: Settings, classifier, frames: list, url: str, version_id: int) -> int:
     """One frame at a time: decode, detect, one forward per face, one commit per row."""
-    from maskjob import db
-    from maskjob.detect import create_detector, crop_face
+    from maskjob import timeutil
     from maskjob.imageio import read_rgb, sha256_file
+    from maskjob.scoring.detectors import create_detector
+    from maskjob.scoring.faces import crop_face
+    from maskjob.storage import database, schema
 
     detector = create_detector(settings.detector, settings)
-    engine = db.make_engine(url)
+    engine = database.make_engine(url)
     for frame in frames:
         rgb = read_rgb(frame.path, settings.max_image_pixels)
         dets = detector.detect(rgb)
@@ -247,19 +251,19 @@ def naive(settings: Settings, classifier, frames: list, url: str, version_id: in
         for i, det in enumerate(dets):
             probs = classifier.predict_proba([crop_face(rgb, det.box, detector.crop_scale)])[0]
             best = int(np.argmax(probs))
-            faces.append(db.Face(face_index=i, x1=det.box[0], y1=det.box[1], x2=det.box[2], y2=det.box[3],
+            faces.append(schema.Face(face_index=i, x1=det.box[0], y1=det.box[1], x2=det.box[2], y2=det.box[3],
                                  detector_score=det.score, label=CLASSES[best], p_with_mask=float(probs[0]),
                                  p_without_mask=float(probs[1]), p_partial_mask=float(probs[2]),
                                  confidence=float(probs[best]), model_version_id=version_id))
-        image = db.Image(path=frame.rel_path, content_sha256=sha256_file(frame.path), camera_id=frame.camera_id,
+        image = schema.Image(path=frame.rel_path, content_sha256=sha256_file(frame.path), camera_id=frame.camera_id,
                          captured_at=frame.captured_at, width=rgb.shape[1], height=rgb.shape[0],
                          status="ok" if dets else "no_face", n_faces=len(dets), model_version_id=version_id,
-                         scored_at=db.utcnow())
-        with db.session(engine) as s:
+                         scored_at=timeutil.utcnow())
+        with database.session(engine) as s:
             s.add(image)
         for face in faces:
             face.image_id = image.id
-            with db.session(engine) as s:
+            with database.session(engine) as s:
                 s.add(face)
     engine.dispose()
     return len(frames)
@@ -272,16 +276,16 @@ def after_detection(batched: bool, settings: Settings, classifier, frames: list,
     Batched: one forward pass and one transaction per ``score_batch_frames`` frames (as
     ``score`` does). Naive: one forward pass per face and one commit per row. Both on this
     thread with torch's default thread count, so the difference is batching alone. Rows are
-    built by the scorer's own :func:`maskjob.score.image_rows`.
+    built by the scorer's own :func:`maskjob.scoring.score.image_rows`.
     """
     import sqlalchemy as sa
 
-    from maskjob import db
-    from maskjob.detect import crop_face
-    from maskjob.frames import DecodedFrame
-    from maskjob.score import image_rows
+    from maskjob.scoring.faces import crop_face
+    from maskjob.scoring.frames import DecodedFrame
+    from maskjob.scoring.score import image_rows
+    from maskjob.storage import database, schema, writes
 
-    engine = db.make_engine(url)
+    engine = database.make_engine(url)
     step = settings.score_batch_frames if batched else 1
     for start in range(0, len(frames), step):
         chunk = range(start, min(start + step, len(frames)))
@@ -298,25 +302,26 @@ def after_detection(batched: bool, settings: Settings, classifier, frames: list,
         rows = image_rows(decoded, per_frame, version_id, None)
         if batched:
             with engine.begin() as conn:
-                db.insert_images_and_faces(conn, rows)
+                writes.insert_images_and_faces(conn, rows)
             continue
         for row in rows:
             with engine.begin() as conn:
-                db.insert_images_and_faces(conn, [dict(row, faces=[])])
-                image_id = conn.execute(sa.select(db.Image.id).where(db.Image.path == row["path"])).scalar_one()
+                writes.insert_images_and_faces(conn, [dict(row, faces=[])])
+                image_id = conn.execute(sa.select(schema.Image.id).where(schema.Image.path == row["path"])).scalar_one()
             for face in row["faces"]:
                 with engine.begin() as conn:
-                    conn.execute(sa.insert(db.Face), [dict(face, image_id=image_id, model_version_id=version_id)])
+                    conn.execute(sa.insert(schema.Face), [dict(face, image_id=image_id, model_version_id=version_id)])
     engine.dispose()
     return len(frames)
 
 
 def write_rows_per_s(url: str, ckpt: Path, n_images: int, batch_frames: int) -> float:
     """Rows/s of the scorer's batched image+face inserts (two faces per image)."""
-    from maskjob import db
+    from maskjob import timeutil
+    from maskjob.storage import writes
 
     engine, version = champion_db(url, ckpt)
-    now = db.utcnow()
+    now = timeutil.utcnow()
     face = {"x1": 10, "y1": 10, "x2": 60, "y2": 70, "detector_score": 0.9, "label": "with_mask",
             "p_with_mask": 0.8, "p_without_mask": 0.1, "p_partial_mask": 0.1, "confidence": 0.8}
     token = f"{time.time_ns():x}"
@@ -327,7 +332,7 @@ def write_rows_per_s(url: str, ckpt: Path, n_images: int, batch_frames: int) -> 
     began = time.perf_counter()
     for i in range(0, n_images, batch_frames):
         with engine.begin() as conn:
-            db.insert_images_and_faces(conn, rows[i:i + batch_frames])
+            writes.insert_images_and_faces(conn, rows[i:i + batch_frames])
     seconds = time.perf_counter() - began
     engine.dispose()
     return 3 * n_images / seconds
@@ -373,9 +378,9 @@ def median_range(runs: list[dict[str, float]], key: str, fmt: str = ".1f") -> st
 def main() -> None:
     import torch
 
-    from maskjob.checkpoint import load_classifier
-    from maskjob.frames import discover_frames
     from maskjob.imageio import read_rgb
+    from maskjob.ml.checkpoint import load_classifier
+    from maskjob.scoring.frames import discover_frames
 
     args = parse_args()
     command = shlex.join(["python", "benchmarks/score_throughput.py", *sys.argv[1:]])
@@ -383,7 +388,7 @@ def main() -> None:
     settings = make_settings(args, work)
     inbox = args.inbox
     if inbox is None:
-        from maskjob.demo import FRAMES, build_demo
+        from maskjob.demo.builder import FRAMES, build_demo
 
         inbox = build_demo(settings, root=work / "dataset", inbox=work / "inbox", scale=args.frames / FRAMES).inbox
     frames = discover_frames(inbox)
@@ -445,7 +450,7 @@ def main() -> None:
           f"the detector's forward passes take {t_detect / (t_detect + t_classify):.0%} of the model time "
           "and gain little from batching on a CPU.")
 
-    from maskjob.detect import create_detector
+    from maskjob.scoring.detectors import create_detector
 
     detector = create_detector(settings.detector, settings)
     found = detector.detect_batch(images)

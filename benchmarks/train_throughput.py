@@ -25,9 +25,9 @@ def measure(arch: str, data: str | None, batches: int) -> dict[str, float | int 
     import torch
 
     from maskjob.config import load_settings
-    from maskjob.data import make_loaders
-    from maskjob.models import ARCHS, create_model, set_trainable
-    from maskjob.train import make_optimizer, phases_for, train_one_epoch
+    from maskjob.ml.loaders import make_loaders
+    from maskjob.ml.models import ARCHS, create_model, set_trainable
+    from maskjob.ml.train import make_optimizer, phases_for, train_one_epoch
 
     settings = load_settings()
     spec = ARCHS[arch]

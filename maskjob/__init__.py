@@ -7,6 +7,5 @@ __all__ = ["CLASSES", "MaskjobError", "__version__"]
 
 __version__ = "0.1.0"
 
-CLASSES: tuple[str, ...] = ("with_mask", "without_mask", "partial_mask")
-
 from maskjob.errors import MaskjobError  # noqa: E402
+from maskjob.vocab import CLASSES  # noqa: E402

@@ -14,11 +14,12 @@ import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from maskjob.errors import MaskjobError
+from maskjob.vocab import DEFAULT_MAX_IMAGE_PIXELS, DETECTORS, TRANSFER_ARCHS
 
-__all__ = ["Settings", "load_settings", "ENV_PREFIX", "CONFIG_ENV"]
+__all__ = ["BOUNDS", "CHOICES", "CONFIG_ENV", "ENV_PREFIX", "Settings", "bounds_text", "load_settings"]
 
 ENV_PREFIX = "MASKJOB_"
 CONFIG_ENV = "MASKJOB_CONFIG"
@@ -55,7 +56,7 @@ class Settings:
     detector: str = "mtcnn"
     detector_threshold: float = 0.6
     min_face_px: int = 20
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     score_batch_frames: int = 16
     retry_unreadable: bool = False
     shards: int = 2
@@ -83,29 +84,57 @@ class Settings:
         _validate(self)
 
 
+# JSON-schema bounds of the numeric settings: ``_validate`` checks them, and the DAG's
+# Params carry the same keywords, so the UI refuses exactly what a task would refuse.
+BOUNDS: dict[str, dict[str, float]] = {
+    "num_workers": {"minimum": 0},
+    "batch_size": {"minimum": 1},
+    "max_epochs": {"minimum": 1},
+    "patience": {"minimum": 1},
+    "val_fraction": {"exclusiveMinimum": 0.0, "exclusiveMaximum": 0.5},
+    "demo_scale": {"exclusiveMinimum": 0.0},
+    "promotion_margin": {"minimum": 0.0, "exclusiveMaximum": 1.0},
+    "min_macro_f1": {"minimum": 0.0, "maximum": 1.0},
+    "min_class_recall": {"minimum": 0.0, "maximum": 1.0},
+    "retrain_max_age_days": {"exclusiveMinimum": 0.0},
+    "detector_threshold": {"exclusiveMinimum": 0.0, "exclusiveMaximum": 1.0},
+    "min_face_px": {"minimum": 8},
+    "max_image_pixels": {"exclusiveMinimum": 0},
+    "score_batch_frames": {"minimum": 1},
+    "shards": {"minimum": 1},
+    "review_threshold": {"exclusiveMinimum": 0.0, "maximum": 1.0},
+    "gallery_cap": {"minimum": 0},
+}
+
+# Settings that take one of a fixed set of names.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "transfer_arch": TRANSFER_ARCHS,
+    "detector": DETECTORS,
+}
+
+_CHECKS: dict[str, tuple[Callable[[float, float], bool], str]] = {
+    "minimum": (lambda v, b: v >= b, ">= {}"),
+    "maximum": (lambda v, b: v <= b, "<= {}"),
+    "exclusiveMinimum": (lambda v, b: v > b, "> {}"),
+    "exclusiveMaximum": (lambda v, b: v < b, "< {}"),
+}
+
+
+def bounds_text(name: str) -> str:
+    """``BOUNDS[name]`` in words, e.g. ``">= 0 and < 1"``."""
+    return " and ".join(_CHECKS[key][1].format(limit) for key, limit in BOUNDS[name].items())
+
+
 def _validate(s: Settings) -> None:
-    checks = [
-        (s.num_workers >= 0, "num_workers must be >= 0"),
-        (s.batch_size >= 1, "batch_size must be >= 1"),
-        (s.max_epochs >= 1, "max_epochs must be >= 1"),
-        (s.patience >= 1, "patience must be >= 1"),
-        (0.0 < s.val_fraction < 0.5, "val_fraction must be in (0, 0.5)"),
-        (s.demo_scale > 0, "demo_scale must be > 0"),
-        (0.0 <= s.promotion_margin < 1.0, "promotion_margin must be in [0, 1)"),
-        (0.0 <= s.min_macro_f1 <= 1.0, "min_macro_f1 must be in [0, 1]"),
-        (0.0 <= s.min_class_recall <= 1.0, "min_class_recall must be in [0, 1]"),
-        (s.retrain_max_age_days > 0, "retrain_max_age_days must be > 0"),
-        (0.0 < s.detector_threshold < 1.0, "detector_threshold must be in (0, 1)"),
-        (s.min_face_px >= 8, "min_face_px must be >= 8"),
-        (s.max_image_pixels > 0, "max_image_pixels must be > 0"),
-        (s.score_batch_frames >= 1, "score_batch_frames must be >= 1"),
-        (s.shards >= 1, "shards must be >= 1"),
-        (0.0 < s.review_threshold <= 1.0, "review_threshold must be in (0, 1]"),
-        (s.gallery_cap >= 0, "gallery_cap must be >= 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise MaskjobError(f"bad setting: {message}. Fix it in your config file or MASKJOB_* variable.")
+    for name, bounds in BOUNDS.items():
+        value = getattr(s, name)
+        if not all(_CHECKS[key][0](value, limit) for key, limit in bounds.items()):
+            raise MaskjobError(f"bad setting: {name} must be {bounds_text(name)}, not {value!r}. "
+                               "Fix it in your config file, MASKJOB_* variable or flag.")
+    for name, allowed in CHOICES.items():
+        if getattr(s, name) not in allowed:
+            raise MaskjobError(f"bad setting: {name} must be one of {list(allowed)}, not {getattr(s, name)!r}. "
+                               "Fix it in your config file, MASKJOB_* variable or flag.")
 
 
 def _field_types() -> dict[str, str]:

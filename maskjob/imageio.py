@@ -18,11 +18,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from maskjob.errors import MaskjobError
+from maskjob.vocab import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_name", "read_rgb", "sha256_bytes", "sha256_file"]
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def is_image_name(path: str | Path) -> bool:
@@ -60,7 +59,7 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> np.ndarray:
+def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, data: bytes | None = None) -> np.ndarray:
     """Decode an image file to an ``(H, W, 3)`` uint8 RGB array, upright per EXIF.
 
     Handles grey, palette, CMYK, alpha (composited on white) and 16-bit images.

@@ -77,7 +77,7 @@ def database_url_from_connection(
 
 def _utc(iso: str) -> datetime:
     """An ISO timestamp as naive UTC (the database's form); naive input is taken as UTC."""
-    from maskjob.db import to_naive_utc
+    from maskjob.timeutil import to_naive_utc
 
     return to_naive_utc(datetime.fromisoformat(iso))
 
@@ -91,8 +91,8 @@ def validate_dataset(config: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         MaskjobError: a broken dataset, with every problem found and how to fix it.
     """
-    from maskjob.data import check_dataset
-    from maskjob.registry import json_safe
+    from maskjob.ml.dataset import check_dataset
+    from maskjob.storage.registry import json_safe
 
     settings = run_settings(config)
     check = check_dataset(settings.dataset_root, settings.max_image_pixels)
@@ -119,8 +119,9 @@ def decide_retrain(
     Returns:
         ``{"retrain": bool, "reason": str, "champion": version or None}``.
     """
-    from maskjob.db import open_database, upgrade, utcnow
-    from maskjob.registry import champion
+    from maskjob.storage.database import open_database, upgrade
+    from maskjob.storage.registry import champion
+    from maskjob.timeutil import utcnow
 
     settings = run_settings(config)
     upgrade(settings.database_url)
@@ -156,7 +157,7 @@ def train_candidate(arch: str, config: Mapping[str, Any], *, image_size: int | N
     Returns:
         ``{"arch", "checkpoint_path", "val_macro_f1", "test_macro_f1"}``.
     """
-    from maskjob.train import train_model
+    from maskjob.ml.train import train_model
 
     settings = run_settings(config)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -180,8 +181,8 @@ def register_and_promote(config: Mapping[str, Any], checkpoint_paths: list[str])
         ``{"registered": [versions], "promoted": version or None, "champion": version or None,
         "decisions": [...]}``.
     """
-    from maskjob.db import open_database
-    from maskjob.registry import champion, json_safe, promote, register
+    from maskjob.storage.database import open_database
+    from maskjob.storage.registry import champion, json_safe, promote, register
 
     settings = run_settings(config)
     engine = open_database(settings.database_url)
@@ -209,9 +210,9 @@ def plan_scoring(config: Mapping[str, Any], start: str, end: str, shard_count: i
     Raises:
         MaskjobError: no champion model (nothing passed the promotion rules yet).
     """
-    from maskjob.db import open_database
-    from maskjob.registry import champion
-    from maskjob.frames import discover_frames, shard_frames
+    from maskjob.scoring.frames import discover_frames, shard_frames
+    from maskjob.storage.database import open_database
+    from maskjob.storage.registry import champion
 
     settings = run_settings(config)
     engine = open_database(settings.database_url)
@@ -237,8 +238,8 @@ def plan_scoring(config: Mapping[str, Any], start: str, end: str, shard_count: i
 
 def score_shard(config: Mapping[str, Any], shard: Mapping[str, Any]) -> dict[str, Any]:
     """Score one shard from :func:`plan_scoring`; idempotent per (frame, model version)."""
-    from maskjob.db import open_database
-    from maskjob.score import score
+    from maskjob.scoring.score import score
+    from maskjob.storage.database import open_database
 
     settings = run_settings(config)
     engine = open_database(settings.database_url)
@@ -259,8 +260,8 @@ def render_reports(config: Mapping[str, Any], start: str, end: str, *, with_mode
     Returns:
         ``{"compliance_report": path, "model_report": path or None}``.
     """
-    from maskjob.db import open_database
-    from maskjob.report import render_compliance_report
+    from maskjob.reporting.compliance import render_compliance_report
+    from maskjob.storage.database import open_database
 
     settings = run_settings(config)
     engine = open_database(settings.database_url)
@@ -268,7 +269,7 @@ def render_reports(config: Mapping[str, Any], start: str, end: str, *, with_mode
         compliance = render_compliance_report(engine, settings, _utc(start), _utc(end), out_dir=settings.reports_dir)
         model = None
         if with_model_report:
-            from maskjob.model_report import render_model_report
+            from maskjob.reporting.model_report import render_model_report
 
             model = render_model_report(engine, settings, out_dir=settings.reports_dir)
     finally:

@@ -20,7 +20,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from maskjob.demo import build_demo
+    from maskjob.demo.builder import build_demo
 
     overrides: dict[str, Any] = {"seed": args.seed, "demo_scale": args.scale}
     settings = settings_from_args(args, **overrides)

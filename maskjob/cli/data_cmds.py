@@ -11,7 +11,7 @@ __all__ = ["add_commands"]
 
 
 def _check(args: argparse.Namespace) -> int:
-    from maskjob.data import check_dataset
+    from maskjob.ml.dataset import check_dataset
 
     settings = settings_from_args(args)
     report = check_dataset(args.root or settings.dataset_root, settings.max_image_pixels)

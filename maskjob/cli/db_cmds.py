@@ -17,34 +17,34 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def _db_migrate(args: argparse.Namespace) -> int:
-    from maskjob import db
+    from maskjob.storage import database
 
     url = _settings(args).database_url
-    before = db.current(url)
-    move = db.upgrade if args.direction == "upgrade" else db.downgrade
+    before = database.current(url)
+    move = database.upgrade if args.direction == "upgrade" else database.downgrade
     after = move(url, args.rev)
-    print(f"{db.safe_url(url)}: {before or 'empty'} -> {after or 'empty'}")
+    print(f"{database.safe_url(url)}: {before or 'empty'} -> {after or 'empty'}")
     return 0
 
 
 def _db_current(args: argparse.Namespace) -> int:
-    from maskjob import db
+    from maskjob.storage import database
 
     url = _settings(args).database_url
-    rev, head = db.current(url), db.head_revision()
+    rev, head = database.current(url), database.head_revision()
     if rev is None:
         state = "no schema; run `maskjob db upgrade`"
     elif rev == head:
         state = "head"
     else:
         state = f"head is {head}; run `maskjob db upgrade`"
-    print(f"{db.safe_url(url)}: {rev or 'empty'} ({state})")
+    print(f"{database.safe_url(url)}: {rev or 'empty'} ({state})")
     return 0
 
 
 def _register(args: argparse.Namespace) -> int:
-    from maskjob.db import open_database
-    from maskjob.registry import register
+    from maskjob.storage.database import open_database
+    from maskjob.storage.registry import register
 
     engine = open_database(_settings(args).database_url)
     try:
@@ -56,8 +56,8 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from maskjob.db import open_database
-    from maskjob.registry import champion, promote
+    from maskjob.storage.database import open_database
+    from maskjob.storage.registry import champion, promote
 
     settings = _settings(args, promotion_margin=args.margin)
     data_root = args.data or settings.dataset_root
@@ -86,8 +86,8 @@ def _version_dict(mv: Any) -> dict[str, Any]:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from maskjob.db import open_database
-    from maskjob.registry import list_versions
+    from maskjob.storage.database import open_database
+    from maskjob.storage.registry import list_versions
 
     engine = open_database(_settings(args).database_url)
     try:

@@ -26,8 +26,8 @@ def parse_day_or_time(text: str) -> date | datetime:
 
 
 def _compliance(args: argparse.Namespace) -> int:
-    from maskjob.db import open_database
-    from maskjob.report import render_compliance_report
+    from maskjob.reporting.compliance import render_compliance_report
+    from maskjob.storage.database import open_database
 
     if args.model is not None:
         raise MaskjobError("--model applies to `maskjob report model`; add `model` after `report` or drop --model")
@@ -47,8 +47,8 @@ def _compliance(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> int:
-    from maskjob.db import open_database
-    from maskjob.model_report import render_model_report
+    from maskjob.reporting.model_report import render_model_report
+    from maskjob.storage.database import open_database
 
     for flag, value in (("--from", args.start), ("--to", args.end), ("--camera", args.camera)):
         if value is not None:

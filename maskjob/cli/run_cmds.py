@@ -41,7 +41,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--date", type=dt.date.fromisoformat,
-                   help="UTC day to score, YYYY-MM-DD (default: the demo day, maskjob.demo.DEMO_DAY)")
+                   help="UTC day to score, YYYY-MM-DD (default: the demo day, maskjob.demo.builder.DEMO_DAY)")
     p.add_argument("--scale", type=float, help="demo data size factor when building it (default: demo_scale)")
     p.add_argument("--epochs", type=int, help="maximum training epochs per model (default: max_epochs)")
     p.add_argument("--image-size", type=int, help="training input size in pixels (default: per architecture)")
@@ -120,7 +120,8 @@ def _cell(value: Any) -> str:
 def _print_compliance(settings: Settings, day: dt.date) -> None:
     import sqlalchemy as sa
 
-    from maskjob.db import daily_compliance, open_database
+    from maskjob.storage.database import open_database
+    from maskjob.storage.schema import daily_compliance
 
     engine = open_database(settings.database_url)
     try:
@@ -147,8 +148,8 @@ def _print_compliance(settings: Settings, day: dt.date) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from maskjob.db import safe_url
-    from maskjob.demo import DEMO_DAY, build_demo
+    from maskjob.demo.builder import DEMO_DAY, build_demo
+    from maskjob.storage.database import safe_url
 
     settings = settings_from_args(args, demo_scale=args.scale, max_epochs=args.epochs, shards=args.shards)
     day = args.date or DEMO_DAY

@@ -21,7 +21,7 @@ def parse_time(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO 8601 time; use e.g. 2026-11-24 or 2026-11-24T07:00:00Z"
         ) from None
-    from maskjob.db import to_naive_utc
+    from maskjob.timeutil import to_naive_utc
 
     return to_naive_utc(value)
 
@@ -39,8 +39,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from maskjob.db import open_database
-    from maskjob.score import score
+    from maskjob.scoring.score import score
+    from maskjob.storage.database import open_database
 
     settings = settings_from_args(args, **({"retry_unreadable": True} if args.retry_unreadable else {}))
     inbox = Path(args.inbox) if args.inbox else settings.inbox_dir
@@ -73,7 +73,7 @@ def _format_prediction(result: dict) -> list[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from maskjob.predict import predict_files
+    from maskjob.scoring.predict import predict_files
 
     settings = settings_from_args(args)
     results = predict_files(args.files, settings, annotate_dir=args.annotate, checkpoint=args.model)

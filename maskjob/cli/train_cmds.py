@@ -7,14 +7,14 @@ import json
 
 from maskjob.cli import settings_from_args
 from maskjob.errors import MaskjobError
+from maskjob.vocab import ARCHS, TRANSFER_ARCHS
 
 __all__ = ["add_commands"]
 
-ARCH_CHOICES = ("cnn", "resnet18", "resnet50", "mobilenet_v2")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from maskjob.train import train_model
+    from maskjob.ml.train import train_model
 
     settings = settings_from_args(args)
     result = train_model(
@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from maskjob.evaluate import evaluate_checkpoint, format_report
+    from maskjob.ml.evaluate import evaluate_checkpoint, format_report
 
     settings = settings_from_args(args)
     report = evaluate_checkpoint(args.model, args.data or settings.dataset_root, args.split, settings)
@@ -58,7 +58,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from maskjob.models import OFFLINE_ASSETS, install_weights
+    from maskjob.ml.models import OFFLINE_ASSETS, install_weights
 
     settings = settings_from_args(args)
     source = args.source
@@ -80,7 +80,7 @@ def _install(args: argparse.Namespace) -> int:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train``, ``evaluate`` and ``weights`` (with ``install``)."""
     train = subparsers.add_parser("train", help="train one classifier and save its best checkpoint")
-    train.add_argument("--arch", required=True, choices=ARCH_CHOICES, help="model architecture")
+    train.add_argument("--arch", required=True, choices=ARCHS, help="model architecture")
     train.add_argument("--data", help="dataset root with train/ and test/ (default: settings.dataset_root)")
     train.add_argument("--out", help="output folder for <arch>.pt and <arch>.history.json (default: settings.models_dir)")
     train.add_argument("--epochs", type=int, help="epoch budget (default: 24 for cnn, 8 for transfer models, capped by settings.max_epochs)")
@@ -101,7 +101,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     install = weights_sub.add_parser(
         "install", help="verify a weights file (sha256) and copy it into the torch hub cache (settings.torch_home)"
     )
-    install.add_argument("arch", choices=ARCH_CHOICES[1:], help="transfer architecture")
+    install.add_argument("arch", choices=TRANSFER_ARCHS, help="transfer architecture")
     install.add_argument(
         "--from", dest="source",
         help="weights file to install (default for mobilenet_v2: the offline asset from `maskjob assets fetch`)",

@@ -1,0 +1,226 @@
+"""The labelled dataset on disk: layout checks, a data-quality report and a content fingerprint.
+
+Layout: ``<root>/{train,test}/{with_mask,without_mask,partial_mask}/*.{jpg,png,...}``.
+
+Example:
+    >>> index = scan_dataset("data/dataset")            # doctest: +SKIP
+    >>> check_dataset("data/dataset", 40_000_000).ok     # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from maskjob import CLASSES
+from maskjob.errors import MaskjobError
+from maskjob.imageio import is_image_name, read_rgb, sha256_bytes, sha256_file
+
+__all__ = ["SPLITS", "DataCheck", "DatasetIndex", "check_dataset", "dataset_fingerprint", "scan_dataset"]
+
+
+SPLITS: tuple[str, ...] = ("train", "test")
+
+
+IMBALANCE_WARN_RATIO = 3.0
+
+
+Item = tuple[Path, int]
+
+
+def _layout_help(root: Path) -> str:
+    classes = ",".join(CLASSES)
+    return f"expected {root}/{{train,test}}/{{{classes}}}/<images: jpg, jpeg, png, bmp, webp>"
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """Image files per split, each as ``(path, class_index)`` sorted by path."""
+
+    root: Path
+    splits: dict[str, list[Item]]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per split per class name."""
+        out: dict[str, dict[str, int]] = {}
+        for split, items in self.splits.items():
+            per = {c: 0 for c in CLASSES}
+            for _, label in items:
+                per[CLASSES[label]] += 1
+            out[split] = per
+        return out
+
+
+def scan_dataset(root: str | Path) -> DatasetIndex:
+    """List the dataset's images, checking the layout.
+
+    Args:
+        root: the dataset root.
+
+    Returns:
+        The index of both splits.
+
+    Raises:
+        MaskjobError: root missing, a split missing, an unknown class folder, or a class
+            folder without images; the message shows the expected layout.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise MaskjobError(f"dataset root {root} does not exist or is not a directory; {_layout_help(root)}")
+    splits: dict[str, list[Item]] = {}
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise MaskjobError(f"dataset {root} has no {split}/ folder; {_layout_help(root)}")
+        folders = {p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        unknown = sorted(folders - set(CLASSES))
+        if unknown:
+            raise MaskjobError(
+                f"dataset {split_dir} has unknown class folders {unknown}; the classes are {list(CLASSES)}. "
+                f"Rename or move them; {_layout_help(root)}"
+            )
+        items: list[Item] = []
+        for label, name in enumerate(CLASSES):
+            class_dir = split_dir / name
+            files = sorted(
+                p for p in class_dir.glob("*") if p.is_file() and is_image_name(p) and not p.name.startswith(".")
+            ) if class_dir.is_dir() else []
+            if not files:
+                state = "has no images" if class_dir.is_dir() else "is missing"
+                raise MaskjobError(f"dataset class folder {class_dir} {state}; {_layout_help(root)}")
+            items.extend((p, label) for p in files)
+        splits[split] = items
+    return DatasetIndex(root=root, splits=splits)
+
+
+@dataclass
+class DataCheck:
+    """What :func:`check_dataset` found. ``ok`` is False when any image is unreadable or the
+    same image content is in both train and test (leakage)."""
+
+    root: Path
+    counts: dict[str, dict[str, int]]
+    imbalance: dict[str, float]
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    fingerprint: str | None = None  # as dataset_fingerprint(root); None when a file could not be read
+
+    @property
+    def ok(self) -> bool:
+        return not self.unreadable and not self.duplicates
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "ok": self.ok,
+            "counts": self.counts,
+            "imbalance": self.imbalance,
+            "unreadable": self.unreadable,
+            "duplicates": self.duplicates,
+            "warnings": self.warnings,
+        }
+
+    def format_text(self) -> str:
+        """A readable report: counts table, imbalance, then the problems."""
+        width = max(len(c) for c in CLASSES) + 2
+        lines = [f"dataset {self.root}", f"{'class':<{width}}" + "".join(f"{s:>8}" for s in SPLITS)]
+        for name in CLASSES:
+            lines.append(f"{name:<{width}}" + "".join(f"{self.counts[s][name]:>8}" for s in SPLITS))
+        lines.append(f"{'total':<{width}}" + "".join(f"{sum(self.counts[s].values()):>8}" for s in SPLITS))
+        lines.append(
+            "imbalance (max/min): " + ", ".join(f"{s} {self.imbalance[s]:.2f}" for s in SPLITS)
+        )
+        lines.append(f"unreadable files: {len(self.unreadable)}")
+        lines += [f"  {u['path']}: {u['reason']}" for u in self.unreadable]
+        lines.append(f"images in both train and test: {len(self.duplicates)}")
+        lines += [f"  {d['sha256'][:12]}: {', '.join(d['train'] + d['test'])}" for d in self.duplicates]
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines.append("OK" if self.ok else "PROBLEMS FOUND")
+        return "\n".join(lines)
+
+
+def _reason(exc: MaskjobError, path: Path) -> str:
+    text = str(exc)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def check_dataset(root: str | Path, max_pixels: int) -> DataCheck:
+    """Check a dataset: counts, class imbalance, unreadable files, train/test duplicates.
+
+    Args:
+        root: the dataset root.
+        max_pixels: larger images count as unreadable.
+
+    Returns:
+        The report.
+
+    Raises:
+        MaskjobError: on a wrong layout (see :func:`scan_dataset`).
+    """
+    index = scan_dataset(root)
+    counts = index.counts()
+    imbalance = {s: max(c.values()) / max(min(c.values()), 1) for s, c in counts.items()}
+    unreadable: list[dict[str, str]] = []
+    by_hash: dict[str, dict[str, list[str]]] = defaultdict(lambda: {s: [] for s in SPLITS})
+    content: list[tuple[str, str]] = []
+    all_read = True
+    for split, items in index.splits.items():
+        for path, _ in items:
+            rel = path.relative_to(index.root).as_posix()
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                unreadable.append({"path": rel, "reason": f"cannot read file ({exc.strerror or exc})"})
+                all_read = False
+                continue
+            digest = sha256_bytes(data)
+            content.append((rel, digest))
+            try:
+                read_rgb(path, max_pixels, data=data)
+            except MaskjobError as exc:
+                unreadable.append({"path": rel, "reason": _reason(exc, path)})
+                continue
+            by_hash[digest][split].append(rel)
+    duplicates = [
+        {"sha256": digest, "train": where["train"], "test": where["test"]}
+        for digest, where in sorted(by_hash.items())
+        if where["train"] and where["test"]
+    ]
+    warnings = [
+        f"{s} classes are imbalanced (largest/smallest = {r:.2f} > {IMBALANCE_WARN_RATIO})"
+        for s, r in imbalance.items()
+        if r > IMBALANCE_WARN_RATIO
+    ]
+    fingerprint = _fingerprint(content) if all_read else None
+    return DataCheck(index.root, counts, imbalance, unreadable, duplicates, warnings, fingerprint)
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """sha256 over the sorted ``(split/class/name, content sha256)`` of every image.
+
+    Args:
+        root: the dataset root.
+
+    Returns:
+        A hex digest that changes when any image is added, removed, renamed or edited.
+    """
+    index = scan_dataset(root)
+    return _fingerprint(
+        (path.relative_to(index.root).as_posix(), sha256_file(path))
+        for items in index.splits.values()
+        for path, _ in items
+    )
+
+
+def _fingerprint(entries: Iterable[tuple[str, str]]) -> str:
+    """sha256 over sorted ``(relative path, content sha256)`` pairs."""
+    digest = hashlib.sha256()
+    for rel, content in sorted(entries):
+        digest.update(f"{rel}\t{content}\n".encode())
+    return digest.hexdigest()

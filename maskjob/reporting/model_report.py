@@ -1,0 +1,284 @@
+"""The model report: the custom CNN and the transfer model side by side, and inside them.
+
+Per model: training curves, confusion matrix, per-class precision/recall/F1, the promotion
+decision, first-layer filters, early/middle/late feature maps of the same sample faces,
+Grad-CAM for correct and wrong predictions of each class, and the most confidently wrong
+test images. One self-contained HTML file, like the compliance report.
+
+Example:
+    >>> path = render_model_report(engine, settings)   # champion + latest of the other family  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from PIL import Image
+from sqlalchemy.engine import Engine
+
+import maskjob
+from maskjob import CLASSES
+from maskjob.config import Settings
+from maskjob.errors import MaskjobError
+from maskjob.imageio import read_rgb
+from maskjob.reporting.compliance_data import clean_reason
+from maskjob.reporting.render import CHART_RC, figure_data_uri, png_data_uri, template_environment
+from maskjob.storage.database import session
+from maskjob.storage.schema import ModelVersion, PromotionDecision
+from maskjob.vocab import CUSTOM_ARCHS, slug
+
+__all__ = ["render_model_report", "pick_versions", "family"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_PER_CLASS = 2
+CAM_PER_CASE = 2
+CONFIDENT_WRONG = 6
+DISPLAY_PX = 112
+
+
+def family(arch: str) -> str:
+    """``"custom"`` for the from-scratch CNN, ``"transfer"`` for ImageNet backbones."""
+    return "custom" if arch in CUSTOM_ARCHS else "transfer"
+
+
+def pick_versions(engine: Engine, version: str | None = None) -> list[ModelVersion]:
+    """The versions to show: ``version`` alone, or the champion plus the newest version of
+    the other family (without a champion: the newest of each family), custom CNN first.
+
+    Raises:
+        MaskjobError: no version registered, or ``version`` unknown.
+    """
+    with session(engine) as s:
+        rows = list(s.scalars(sa.select(ModelVersion).order_by(ModelVersion.created_at, ModelVersion.id)))
+    if not rows:
+        raise MaskjobError("no model versions are registered. Train and register models first (`maskjob run` or `maskjob train`).")
+    if version is not None:
+        match = [mv for mv in rows if mv.version == version]
+        if not match:
+            known = ", ".join(mv.version for mv in rows[-5:])
+            raise MaskjobError(f"model version {version!r} is not registered. Recent versions: {known}.")
+        return match
+    newest = {family(mv.arch): mv for mv in rows}
+    champ = next((mv for mv in rows if mv.status == "champion"), None)
+    if champ is not None:
+        newest[family(champ.arch)] = champ
+    return [newest[f] for f in ("custom", "transfer") if f in newest]
+
+
+def _decision(engine: Engine, mv: ModelVersion) -> dict[str, Any] | None:
+    with session(engine) as s:
+        row = s.scalars(
+            sa.select(PromotionDecision).where(PromotionDecision.candidate_id == mv.id)
+            .order_by(PromotionDecision.decided_at.desc(), PromotionDecision.id.desc()).limit(1)
+        ).one_or_none()
+        if row is None:
+            return None
+        before = s.get(ModelVersion, row.champion_before_id) if row.champion_before_id else None
+        return {
+            "promoted": row.promoted,
+            "decided_at": f"{row.decided_at:%Y-%m-%d %H:%M}",
+            "reason": row.reason,
+            "candidate_f1": row.candidate_macro_f1,
+            "champion_f1": row.champion_macro_f1,
+            "champion_before": before.version if before else None,
+        }
+
+
+def _curves_chart(history: Sequence[dict[str, Any]]) -> tuple[str, tuple[int, int]] | None:
+    if not history:
+        return None
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    with rc_context(CHART_RC):
+        fig = Figure(figsize=(7.2, 2.3), layout="constrained")
+        for ax, (key, title) in zip(fig.subplots(1, 3), (("loss", "loss"), ("acc", "accuracy"), ("macro_f1", "macro-F1"))):
+            for split, style in (("train", "-"), ("val", "--")):
+                values = [h.get(f"{split}_{key}") for h in history]
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, marker="o", markersize=3,
+                        label="train" if split == "train" else "validation")
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+        return figure_data_uri(fig)
+
+
+def _confusion_chart(matrix: Sequence[Sequence[int]]) -> tuple[str, tuple[int, int]] | None:
+    if not matrix:
+        return None
+    cm = np.asarray(matrix, dtype=float)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    names = [c.replace("_", " ") for c in CLASSES]
+    with rc_context(CHART_RC):
+        fig = Figure(figsize=(3.6, 3.1), layout="constrained")
+        ax = fig.subplots()
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), n in np.ndenumerate(cm):
+            ax.text(j, i, f"{int(n)}\n{100 * share[i, j]:.0f}%", ha="center", va="center",
+                    color="white" if share[i, j] > 0.6 else "black", fontsize=8)
+        ax.set_xticks(range(3), names, rotation=20)
+        ax.set_yticks(range(3), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        return figure_data_uri(fig)
+
+
+@dataclass
+class _TestImages:
+    """The test split as the model saw it, plus predictions (from ``evaluate_checkpoint``)."""
+
+    root: Path
+    predictions: list[dict[str, Any]]
+
+    def shown(self, path: str) -> str:
+        p = Path(path)
+        return str(p.relative_to(self.root)) if p.is_relative_to(self.root) else p.name
+
+
+def _display(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(rgb).resize((DISPLAY_PX, DISPLAY_PX), Image.Resampling.BILINEAR))
+
+
+def _sample_paths(root: Path) -> list[tuple[str, str]]:
+    """The first ``SAMPLES_PER_CLASS`` test images of each class: the same faces for every model."""
+    from maskjob.ml.dataset import scan_dataset
+
+    index = scan_dataset(root)
+    picked: list[tuple[str, str]] = []
+    for label, name in enumerate(CLASSES):
+        picked += [(str(p), name) for p, y in index.splits["test"] if y == label][:SAMPLES_PER_CLASS]
+    return picked
+
+
+def _interpretation(clf: Any, tests: _TestImages, samples: list[tuple[str, str]], max_pixels: int) -> dict[str, Any]:
+    from maskjob.ml.interpret import (
+        conv_layers,
+        depth_layers,
+        feature_map_grid,
+        feature_maps,
+        filters_grid,
+        grad_cam,
+        overlay_heatmap,
+    )
+
+    size = clf.image_size
+    layers = depth_layers(clf.model)
+    sample_rgb = [read_rgb(p, max_pixels) for p, _ in samples]
+    maps = feature_maps(clf.model, clf.preprocess(sample_rgb), list(layers.values()))
+    feature_rows = [
+        {"label": label, "file": tests.shown(path), "input": png_data_uri(_display(rgb), "JPEG"),
+         "maps": [{"depth": depth, "layer": name, "uri": png_data_uri(feature_map_grid(maps[name][i]), "JPEG")}
+                  for depth, name in layers.items()]}
+        for i, ((path, label), rgb) in enumerate(zip(samples, sample_rgb))
+    ]
+
+    def confidence(p: dict[str, Any]) -> float:
+        return max(p["probs"])
+
+    cases: list[tuple[str, str, dict[str, Any]]] = []
+    for name in CLASSES:
+        of_class = sorted((p for p in tests.predictions if p["true"] == name), key=confidence, reverse=True)
+        cases += [(name, "correct", p) for p in [p for p in of_class if p["pred"] == name][:CAM_PER_CASE]]
+        cases += [(name, "wrong", p) for p in [p for p in of_class if p["pred"] != name][:CAM_PER_CASE]]
+    wrong = sorted((p for p in tests.predictions if p["pred"] != p["true"]), key=confidence, reverse=True)[:CONFIDENT_WRONG]
+
+    def card(p: dict[str, Any], rgb: np.ndarray) -> dict[str, Any]:
+        return {"true": p["true"], "pred": p["pred"], "confidence": confidence(p), "file": tests.shown(p["path"]),
+                "uri": png_data_uri(_display(rgb), "JPEG")}
+
+    cam_cards: dict[str, dict[str, list[dict[str, Any]]]] = {c: {"correct": [], "wrong": []} for c in CLASSES}
+    if cases:
+        from maskjob.ml.loaders import resize_rgb
+
+        rgbs = [resize_rgb(read_rgb(p["path"], max_pixels), size) for _, _, p in cases]
+        heat = grad_cam(clf.model, clf.preprocess(rgbs), [CLASSES.index(p["pred"]) for _, _, p in cases])
+        for (name, kind, p), rgb, h in zip(cases, rgbs, heat):
+            cam_cards[name][kind].append(card(p, overlay_heatmap(rgb, h)))
+    return {
+        "layers": layers,
+        "filters": png_data_uri(filters_grid(clf.model)),
+        "feature_rows": feature_rows,
+        "grad_cam": cam_cards,
+        "cam_layer": conv_layers(clf.model)[-1][0],
+        "wrong": [card(p, resize_rgb(read_rgb(p["path"], max_pixels), size)) for p in wrong],
+        "n_test": len(tests.predictions),
+    }
+
+
+def _model_section(engine: Engine, settings: Settings, mv: ModelVersion,
+                   samples: list[tuple[str, str]] | None) -> dict[str, Any]:
+    from maskjob.ml.checkpoint import load_classifier
+    from maskjob.ml.evaluate import evaluate_checkpoint
+
+    section: dict[str, Any] = {
+        "version": mv.version, "arch": mv.arch, "family": family(mv.arch), "status": mv.status,
+        "created_at": f"{mv.created_at:%Y-%m-%d %H:%M}", "macro_f1": mv.test_macro_f1,
+        "accuracy": (mv.metrics or {}).get("accuracy"), "decision_reason": mv.decision_reason,
+        "checkpoint": Path(mv.checkpoint_path).name, "decision": _decision(engine, mv),
+        "problems": [], "curves": None, "confusion": None, "per_class": [], "inside": None,
+    }
+    metrics = dict(mv.metrics or {})
+    try:
+        clf = load_classifier(mv.checkpoint_path)
+    except MaskjobError as exc:
+        section["problems"].append(f"checkpoint unavailable ({clean_reason(str(exc))}); showing stored metrics only.")
+        clf = None
+    if clf is not None:
+        metrics = {**clf.meta.get("metrics", {}), **metrics}
+        section["curves"] = _curves_chart(clf.meta.get("history") or [])
+        if samples is None:
+            section["problems"].append("no test split under the dataset root: feature maps and Grad-CAM need it.")
+        else:
+            report = evaluate_checkpoint(mv.checkpoint_path, settings.dataset_root, "test", settings)
+            tests = _TestImages(root=settings.dataset_root, predictions=report["predictions"])
+            section["inside"] = _interpretation(clf, tests, samples, settings.max_image_pixels)
+    section["confusion"] = _confusion_chart(metrics.get("confusion_matrix") or [])
+    section["per_class"] = [{"name": c, **metrics["per_class"][c]} for c in CLASSES if c in metrics.get("per_class", {})]
+    return section
+
+
+def render_model_report(engine: Engine, settings: Settings, version: str | None = None,
+                        out_dir: Path | None = None) -> Path:
+    """Render the model page and return its path.
+
+    Args:
+        engine: the prediction database (for versions and promotion decisions).
+        settings: ``dataset_root`` (its test split feeds the interpretation), ``reports_dir``.
+        version: one registered version; default the champion plus the newest version of
+            the other family, side by side.
+        out_dir: where to write (default ``settings.reports_dir``).
+
+    Returns:
+        The HTML file, e.g. ``reports/models_cnn-..._mobilenet_v2-....html``.
+
+    Raises:
+        MaskjobError: nothing registered, or an unknown ``version``.
+    """
+    versions = pick_versions(engine, version)
+    try:
+        samples: list[tuple[str, str]] | None = _sample_paths(settings.dataset_root)
+    except MaskjobError as exc:
+        logger.warning("model report without interpretation: %s", exc)
+        samples = None
+    sections = [_model_section(engine, settings, mv, samples) for mv in versions]
+    html = template_environment().get_template("model.html").render(
+        columns=len(sections),
+        sections=sections,
+        classes=CLASSES,
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+        maskjob_version=maskjob.__version__,
+    )
+    out = Path(out_dir or settings.reports_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"models_{'_'.join(slug(mv.version, 60, 'model') for mv in versions)}.html"
+    path.write_text(html, encoding="utf-8")
+    logger.info("model report for %s: %s", ", ".join(mv.version for mv in versions), path)
+    return path

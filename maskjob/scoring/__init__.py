@@ -1,0 +1,2 @@
+"""Scoring CCTV frames: frame discovery and decoding, face detectors, face crop and
+classification, the batched database scorer, file prediction and annotation."""

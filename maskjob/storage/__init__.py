@@ -1,0 +1,1 @@
+"""The prediction database: schema, engines and migrations, batched writes, model registry."""

@@ -1,0 +1,380 @@
+"""The model registry: trained checkpoints as versions, and champion/challenger promotion.
+
+Promotion rules (``decide``), applied to every candidate and the champion evaluated on the
+same held-out test split:
+
+1. A candidate that diverged in training, produced NaN/inf outputs, could not be evaluated
+   (checkpoint missing, changed, or unreadable), has macro-F1 below ``min_macro_f1``, or any
+   class recall below ``min_class_recall`` is rejected.
+2. Of the rest, the best macro-F1 (ties: the later registered) is promoted when there is no
+   usable champion, or when it beats the champion's macro-F1 by MORE than
+   ``promotion_margin``; the champion then becomes ``retired``.
+3. Every other candidate is rejected: each candidate is decided exactly once, so a version
+   that lost is never silently promoted by a later run.
+
+Example:
+    >>> mv = register(engine, "data/models/candidates/x/cnn.pt")   # doctest: +SKIP
+    >>> promote(engine, settings.dataset_root, settings).promoted   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from maskjob import CLASSES
+from maskjob.config import Settings
+from maskjob.errors import MaskjobError
+from maskjob.imageio import sha256_file
+from maskjob.storage.database import session
+from maskjob.storage.schema import ModelVersion, PromotionDecision
+from maskjob.timeutil import utcnow
+
+__all__ = [
+    "Scored", "Decision", "PromotionResult", "Evaluator",
+    "register", "champion", "list_versions", "decide", "promote", "json_safe",
+]
+
+logger = logging.getLogger(__name__)
+
+Evaluator = Callable[[Path], Mapping[str, Any]]
+# A gain equal to the margin is a tie; the tolerance keeps float rounding (0.905 - 0.900 is
+# 0.0050000000000000044) from promoting it.
+MARGIN_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model version's evaluation, as the promotion rules see it.
+
+    ``problem`` says why it could not be evaluated; ``note`` qualifies how it was (e.g. a
+    champion compared on stored metrics because its checkpoint is gone).
+    """
+
+    version_id: int
+    version: str
+    macro_f1: float | None
+    class_recall: Mapping[str, float] = field(default_factory=dict)
+    finite: bool = True
+    diverged: bool = False
+    problem: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What promotion does to one version: its new ``status`` and why."""
+
+    version_id: int
+    version: str
+    status: str
+    promoted: bool
+    reason: str
+    macro_f1: float | None = None
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    promoted: ModelVersion | None
+    decisions: list[Decision]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf floats as ``None`` and tuples as lists (strict JSON for both databases)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _created_at(meta: Mapping[str, Any], path: Path) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(meta["created_at"]))
+    except ValueError:
+        raise MaskjobError(f"checkpoint {path} has created_at {meta['created_at']!r}, not an ISO time; "
+                           "retrain it with `maskjob train`") from None
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _metrics_nonfinite(metrics: Mapping[str, Any]) -> bool:
+    return metrics.get("finite") is False or _finite(metrics.get("macro_f1")) is None
+
+
+def _diverged(meta: Mapping[str, Any]) -> bool:
+    """Training blew up: flagged by the trainer, a NaN/inf loss in the history, or NaN test outputs."""
+    metrics = meta.get("metrics") or {}
+    losses = [epoch.get(key) for epoch in meta.get("history") or () for key in ("train_loss", "val_loss")]
+    return (bool(meta.get("diverged"))
+            or any(loss is not None and _finite(loss) is None for loss in losses)
+            or ("macro_f1" in metrics and _metrics_nonfinite(metrics)))
+
+
+def register(engine: Engine, ckpt_path: str | Path) -> ModelVersion:
+    """Record a trained checkpoint as a ``candidate`` version.
+
+    Registering the same file content again (same sha256) returns the existing row.
+
+    Raises:
+        MaskjobError: missing, corrupt or tampered checkpoint.
+    """
+    from maskjob.ml.checkpoint import load_checkpoint
+
+    path = Path(ckpt_path).expanduser().resolve()
+    if not path.is_file():
+        raise MaskjobError(f"checkpoint {path} does not exist; train one with `maskjob train` or fix the path")
+    sha = sha256_file(path)
+    existing = _by_sha(engine, sha)
+    if existing is not None:
+        logger.info("checkpoint %s is already registered as %s", path, existing.version)
+        return existing
+    _, meta = load_checkpoint(path)
+    created_at = _created_at(meta, path)
+    metrics = json_safe({k: v for k, v in (meta.get("metrics") or {}).items() if k != "predictions"})
+    row = ModelVersion(
+        version=f"{meta['arch']}-{created_at:%Y%m%dT%H%M%S}-{sha[:8]}",
+        arch=meta["arch"], checkpoint_path=str(path), checkpoint_sha256=sha,
+        dataset_fingerprint=meta.get("dataset_fingerprint"), metrics=metrics,
+        test_macro_f1=_finite(metrics.get("macro_f1")),
+        diverged=_diverged(meta),
+        created_at=created_at, status="candidate",
+    )
+    try:
+        with session(engine) as s:
+            s.add(row)
+    except sa.exc.IntegrityError:
+        existing = _by_sha(engine, sha)  # registered concurrently by another process
+        if existing is None:
+            raise
+        return existing
+    logger.info("registered %s (%s, test macro-F1 %s) as candidate", row.version, path, row.test_macro_f1)
+    return row
+
+
+def _by_sha(engine: Engine, sha: str) -> ModelVersion | None:
+    with session(engine) as s:
+        return s.scalars(sa.select(ModelVersion).where(ModelVersion.checkpoint_sha256 == sha)).one_or_none()
+
+
+def champion(engine: Engine) -> ModelVersion | None:
+    """The current champion, or ``None`` before the first promotion."""
+    with session(engine) as s:
+        return s.scalars(sa.select(ModelVersion).where(ModelVersion.status == "champion")).one_or_none()
+
+
+def list_versions(engine: Engine) -> list[ModelVersion]:
+    """Every registered version, oldest first."""
+    with session(engine) as s:
+        return list(s.scalars(sa.select(ModelVersion).order_by(ModelVersion.id)))
+
+
+def _bar_failures(c: Scored, settings: Settings) -> list[str]:
+    if c.problem:
+        return [f"could not be evaluated: {c.problem}"]
+    if c.diverged:
+        return ["training diverged (NaN/inf loss); a diverged model is never promoted"]
+    if not c.finite or c.macro_f1 is None or not math.isfinite(c.macro_f1):
+        return [f"evaluation produced NaN/inf outputs (macro-F1 {c.macro_f1}); never promoted"]
+    failures = []
+    if c.macro_f1 < settings.min_macro_f1:
+        failures.append(f"macro-F1 {c.macro_f1:.4f} is below the minimum {settings.min_macro_f1:.4f}")
+    for name in CLASSES:
+        recall = c.class_recall.get(name)
+        if recall is None or not math.isfinite(recall) or recall < settings.min_class_recall:
+            shown = "missing" if recall is None else f"{recall:.4f}"
+            failures.append(f"{name} recall {shown} is below the minimum {settings.min_class_recall:.4f}")
+    return failures
+
+
+def _f1(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def decide(candidates: Sequence[Scored], current: Scored | None, settings: Settings) -> list[Decision]:
+    """Apply the promotion rules (module docstring); pure, so they are tested without training.
+
+    Returns:
+        One decision per candidate (``champion`` or ``rejected``), plus ``retired`` for the
+        champion when a candidate replaces it.
+    """
+    decisions: dict[int, Decision] = {}
+    eligible = []
+    for c in candidates:
+        failures = _bar_failures(c, settings)
+        if failures:
+            decisions[c.version_id] = Decision(c.version_id, c.version, "rejected", False, "; ".join(failures), c.macro_f1)
+        else:
+            eligible.append(c)
+    best = max(eligible, key=lambda c: (c.macro_f1, c.version_id), default=None)
+    retired = None
+    if best is not None:
+        assert best.macro_f1 is not None
+        bar = f"passes the bar (macro-F1 >= {settings.min_macro_f1:.4f}, every class recall >= {settings.min_class_recall:.4f})"
+        champ_f1 = None if current is None or not current.finite else _finite(current.macro_f1)
+        note = f" (champion {current.note})" if current is not None and current.note else ""
+        if current is None:
+            promoted, reason = True, f"no champion yet; macro-F1 {best.macro_f1:.4f} {bar}"
+        elif champ_f1 is None:
+            promoted, reason = True, (f"champion {current.version} has no usable macro-F1{note}; "
+                                      f"macro-F1 {best.macro_f1:.4f} {bar}")
+        else:
+            gain = best.macro_f1 - champ_f1
+            promoted = gain > settings.promotion_margin + MARGIN_TOLERANCE
+            verdict = "beats" if promoted else "does not beat"
+            reason = (f"macro-F1 {best.macro_f1:.4f} {verdict} champion {current.version} ({champ_f1:.4f}) "
+                      f"by more than the margin {settings.promotion_margin:.4f} (gain {gain:+.4f}){note}")
+        decisions[best.version_id] = Decision(best.version_id, best.version, "champion" if promoted else "rejected",
+                                              promoted, reason, best.macro_f1)
+        if promoted and current is not None:
+            retired = Decision(current.version_id, current.version, "retired", False,
+                               f"replaced by {best.version} (macro-F1 {best.macro_f1:.4f} vs {_f1(champ_f1)}){note}",
+                               champ_f1)
+    for c in eligible:
+        if c is not best:
+            assert best is not None
+            decisions[c.version_id] = Decision(
+                c.version_id, c.version, "rejected", False,
+                f"passes the bar but candidate {best.version} scored higher (macro-F1 {c.macro_f1:.4f} "
+                f"vs {best.macro_f1:.4f})", c.macro_f1)
+    ordered = [decisions[c.version_id] for c in candidates]
+    return ordered + ([retired] if retired else [])
+
+
+def _scored(mv: ModelVersion, metrics: Mapping[str, Any], **extra: Any) -> Scored:
+    per_class = metrics.get("per_class") or {}
+    recall = {name: r for name in CLASSES if (r := _finite((per_class.get(name) or {}).get("recall"))) is not None}
+    macro_f1 = _finite(metrics.get("macro_f1"))
+    return Scored(mv.id, mv.version, macro_f1, recall, finite=not _metrics_nonfinite(metrics),
+                  diverged=mv.diverged, **extra)
+
+
+def _evaluate(mv: ModelVersion, evaluate: Evaluator) -> tuple[Mapping[str, Any] | None, str | None]:
+    path = Path(mv.checkpoint_path)
+    if not path.is_file():
+        return None, f"checkpoint file {path} is missing"
+    if sha256_file(path) != mv.checkpoint_sha256:
+        return None, f"checkpoint file {path} changed since registration (sha256 mismatch)"
+    try:
+        return evaluate(path), None
+    except MaskjobError as exc:
+        return None, str(exc)
+
+
+def _score_candidate(mv: ModelVersion, evaluate: Evaluator) -> Scored:
+    metrics, problem = _evaluate(mv, evaluate)
+    if metrics is None:
+        return Scored(mv.id, mv.version, None, diverged=mv.diverged, problem=problem)
+    return _scored(mv, metrics)
+
+
+def _score_champion(mv: ModelVersion, evaluate: Evaluator) -> Scored:
+    metrics, problem = _evaluate(mv, evaluate)
+    if metrics is not None:
+        return _scored(mv, metrics)
+    logger.warning("champion %s cannot be re-evaluated (%s); comparing on its stored test metrics",
+                   mv.version, problem)
+    stored = {**mv.metrics, "macro_f1": mv.test_macro_f1}
+    return _scored(mv, stored, note=f"not re-evaluated: {problem}; compared on its stored test metrics")
+
+
+def _default_evaluator(data_root: str | Path, settings: Settings) -> Evaluator:
+    def evaluate(path: Path) -> Mapping[str, Any]:
+        from maskjob.ml.evaluate import evaluate_checkpoint
+
+        return evaluate_checkpoint(path, data_root, split="test", settings=settings)
+
+    return evaluate
+
+
+def promote(engine: Engine, data_root: str | Path, settings: Settings, *,
+            evaluate: Evaluator | None = None) -> PromotionResult:
+    """Evaluate the candidates and the champion on ``data_root``'s test split and apply the rules.
+
+    Every decision is stored (``promotion_decisions`` and ``model_versions.decision_reason``).
+
+    Args:
+        engine: a migrated database.
+        data_root: the dataset with a ``test`` split, the same for every model compared.
+        settings: ``promotion_margin``, ``min_macro_f1``, ``min_class_recall``.
+        evaluate: ``path -> metrics`` (default ``maskjob.ml.evaluate.evaluate_checkpoint``).
+
+    Returns:
+        The new champion (``None`` when nothing was promoted) and every decision.
+    """
+    evaluate = evaluate or _default_evaluator(data_root, settings)
+    with session(engine) as s:
+        candidates = list(s.scalars(sa.select(ModelVersion).where(ModelVersion.status == "candidate")
+                                    .order_by(ModelVersion.id)))
+        current = s.scalars(sa.select(ModelVersion).where(ModelVersion.status == "champion")).one_or_none()
+    if not candidates:
+        logger.info("no candidates to promote; champion stays %s", current.version if current else None)
+        return PromotionResult(None, [])
+    scored = [_score_candidate(mv, evaluate) for mv in candidates]
+    scored_champion = _score_champion(current, evaluate) if current else None
+    decisions = decide(scored, scored_champion, settings)
+    promoted = _apply(engine, decisions, [mv.id for mv in candidates], current, scored_champion)
+    for d in decisions:
+        logger.info("%s -> %s: %s", d.version, d.status, d.reason)
+    return PromotionResult(promoted, decisions)
+
+
+def _apply(engine: Engine, decisions: list[Decision], candidate_ids: list[int],
+           current: ModelVersion | None, scored_champion: Scored | None) -> ModelVersion | None:
+    now = utcnow()
+    with session(engine) as s:
+        rows = {mv.id: mv for mv in s.scalars(
+            sa.select(ModelVersion).where(ModelVersion.status.in_(("candidate", "champion"))).with_for_update())}
+        now_champion = next((mv.id for mv in rows.values() if mv.status == "champion"), None)
+        if any(rows.get(i) is None or rows[i].status != "candidate" for i in candidate_ids) or \
+                now_champion != (current.id if current else None):
+            raise MaskjobError("the model registry changed while promotion was evaluating (another "
+                               "`maskjob promote` ran?); run `maskjob promote` again")
+        promoted = None
+        # Retire first: the database allows one champion at a time.
+        for d in sorted(decisions, key=lambda d: d.status != "retired"):
+            mv = rows[d.version_id]
+            mv.status, mv.decision_reason = d.status, d.reason
+            if d.promoted:
+                mv.promoted_at, promoted = now, mv
+            s.flush()
+            if d.status != "retired":
+                s.add(PromotionDecision(
+                    decided_at=now, candidate_id=d.version_id, champion_before_id=current.id if current else None,
+                    promoted=d.promoted, candidate_macro_f1=_finite(d.macro_f1),
+                    champion_macro_f1=_finite(scored_champion.macro_f1) if scored_champion else None,
+                    reason=d.reason,
+                ))
+    return promoted
+
+
+def load_registered(model: ModelVersion) -> Any:
+    from maskjob.ml.checkpoint import load_classifier
+
+    path = Path(model.checkpoint_path)
+    if not path.is_file():
+        raise MaskjobError(
+            f"checkpoint {path} of model {model.version} is missing; restore it or promote another model"
+        )
+    if sha256_file(path) != model.checkpoint_sha256:
+        raise MaskjobError(
+            f"checkpoint {path} of model {model.version} changed since it was registered "
+            "(sha256 mismatch); restore the original file or register the new one"
+        )
+    return load_classifier(path)

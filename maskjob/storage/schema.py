@@ -1,0 +1,207 @@
+"""The prediction database's schema: typed ORM tables and the analysts' views.
+
+The schema is created and changed only by the Alembic migrations (``alembic/`` in the
+repository, ``maskjob/migrations`` in the wheel); the ORM classes here mirror them (a test
+compares the two). Times are naive UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy import ForeignKey, Index, MetaData, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+import maskjob
+from maskjob.vocab import IMAGE_STATUSES, MODEL_STATUSES, RUN_STATUSES
+
+__all__ = [
+    "Base", "ModelVersion", "PromotionDecision", "ScoringRun", "Image", "Face", "VIEW_NAMES",
+    "face_predictions", "image_predictions", "daily_compliance",
+]
+
+VIEW_NAMES = ("face_predictions", "image_predictions", "daily_compliance")
+
+
+# Explicit constraint names keep migrations, batch mode on SQLite and downgrades stable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _in(column: str, values: Sequence[str]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ModelVersion(Base):
+    """A registered checkpoint and where it stands in champion/challenger promotion."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", MODEL_STATUSES), name="status"),
+        # At most one champion, enforced by the database even under concurrent promotions.
+        Index("uq_model_versions_one_champion", "status", unique=True,
+              sqlite_where=sa.text("status = 'champion'"), postgresql_where=sa.text("status = 'champion'")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    arch: Mapped[str] = mapped_column(sa.String(64))
+    checkpoint_path: Mapped[str] = mapped_column(sa.Text)
+    checkpoint_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    dataset_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    test_macro_f1: Mapped[float | None] = mapped_column(sa.Float)
+    diverged: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    status: Mapped[str] = mapped_column(sa.String(16), default="candidate")
+    decision_reason: Mapped[str | None] = mapped_column(sa.Text)
+    promoted_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+
+
+class PromotionDecision(Base):
+    """One promotion verdict on a candidate, with the numbers it was based on."""
+
+    __tablename__ = "promotion_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    decided_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    champion_before_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    promoted: Mapped[bool] = mapped_column(sa.Boolean)
+    candidate_macro_f1: Mapped[float | None] = mapped_column(sa.Float)
+    champion_macro_f1: Mapped[float | None] = mapped_column(sa.Float)
+    reason: Mapped[str] = mapped_column(sa.Text)
+
+    candidate: Mapped[ModelVersion] = relationship(foreign_keys=[candidate_id])
+
+
+class ScoringRun(Base):
+    """One shard of one scoring interval."""
+
+    __tablename__ = "scoring_runs"
+    __table_args__ = (sa.CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    interval_start: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    interval_end: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    shard_index: Mapped[int] = mapped_column(default=0)
+    shard_count: Mapped[int] = mapped_column(default=1)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    started_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    n_frames: Mapped[int] = mapped_column(default=0)
+    n_faces: Mapped[int] = mapped_column(default=0)
+    n_no_face: Mapped[int] = mapped_column(default=0)
+    n_unreadable: Mapped[int] = mapped_column(default=0)
+    n_skipped: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(sa.String(16), default="running")
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class Image(Base):
+    """One CCTV frame as scored by one model version (``path`` is relative to the inbox)."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("path", "model_version_id"),
+        sa.CheckConstraint(_in("status", IMAGE_STATUSES), name="status"),
+        Index("ix_images_captured_at", "captured_at"),
+        Index("ix_images_camera_id_captured_at", "camera_id", "captured_at"),
+        # Serves the views' "latest scoring per path" window and lookups by path.
+        Index("ix_images_path_scored_at_id", "path", "scored_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(sa.String(1024))
+    content_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    camera_id: Mapped[str] = mapped_column(sa.String(128))
+    captured_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    status: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    n_faces: Mapped[int] = mapped_column(default=0)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id", ondelete="SET NULL"))
+    scored_at: Mapped[datetime] = mapped_column(sa.DateTime)
+
+    faces: Mapped[list[Face]] = relationship(back_populates="image", cascade="all, delete-orphan",
+                                             order_by="Face.face_index")
+
+
+class Face(Base):
+    """One detected face: pixel box, detector score, predicted label and class probabilities."""
+
+    __tablename__ = "faces"
+    __table_args__ = (
+        # Leading image_id: this unique index is also the faces(image_id) access path.
+        UniqueConstraint("image_id", "face_index"),
+        sa.CheckConstraint(_in("label", maskjob.CLASSES), name="label"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    face_index: Mapped[int]
+    x1: Mapped[int]
+    y1: Mapped[int]
+    x2: Mapped[int]
+    y2: Mapped[int]
+    detector_score: Mapped[float] = mapped_column(sa.Float)
+    label: Mapped[str] = mapped_column(sa.String(16))
+    p_with_mask: Mapped[float] = mapped_column(sa.Float)
+    p_without_mask: Mapped[float] = mapped_column(sa.Float)
+    p_partial_mask: Mapped[float] = mapped_column(sa.Float)
+    confidence: Mapped[float] = mapped_column(sa.Float)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+
+    image: Mapped[Image] = relationship(back_populates="faces")
+
+
+# The analysts' views, created by migration 0002. Declared here (outside Base.metadata, so
+# never created as tables) for typed Core queries: ``day`` reads as a date on both databases.
+_views = MetaData()
+
+
+face_predictions = sa.Table(
+    "face_predictions", _views,
+    sa.Column("image_id", sa.Integer), sa.Column("image_path", sa.String),
+    sa.Column("camera_id", sa.String), sa.Column("captured_at", sa.DateTime),
+    sa.Column("face_index", sa.Integer),
+    *(sa.Column(name, sa.Integer) for name in ("x1", "y1", "x2", "y2")),
+    sa.Column("detector_score", sa.Float), sa.Column("label", sa.String),
+    *(sa.Column(f"p_{name}", sa.Float) for name in maskjob.CLASSES),
+    sa.Column("confidence", sa.Float), sa.Column("model_version", sa.String),
+    sa.Column("scored_at", sa.DateTime),
+)
+
+
+image_predictions = sa.Table(
+    "image_predictions", _views,
+    sa.Column("image_id", sa.Integer), sa.Column("image_path", sa.String),
+    sa.Column("camera_id", sa.String), sa.Column("captured_at", sa.DateTime),
+    sa.Column("status", sa.String), sa.Column("reason", sa.String),
+    sa.Column("width", sa.Integer), sa.Column("height", sa.Integer),
+    sa.Column("n_faces", sa.Integer),
+    *(sa.Column(f"n_{name}", sa.Integer) for name in maskjob.CLASSES),
+    sa.Column("compliant", sa.Integer), sa.Column("model_version", sa.String),
+    sa.Column("scored_at", sa.DateTime),
+)
+
+
+daily_compliance = sa.Table(
+    "daily_compliance", _views,
+    sa.Column("day", sa.Date), sa.Column("camera_id", sa.String),
+    *(sa.Column(name, sa.Integer) for name in ("images", "no_face", "unreadable", "faces", *maskjob.CLASSES)),
+    sa.Column("compliance_rate", sa.Float),
+)

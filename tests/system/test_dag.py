@@ -1,0 +1,180 @@
+"""The DAG file: loads cleanly and fast, has the documented shape, settings and params."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from maskjob.config import load_settings
+from maskjob.errors import MaskjobError
+from maskjob.pipeline import database_url_from_connection, run_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAGS_DIR = REPO_ROOT / "dags"
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_DIR))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags["mask_compliance"]
+
+
+def test_dags_folder_has_no_import_errors_and_every_dag_has_tags_and_retries(dagbag):
+    assert dagbag.import_errors == {}
+    assert dagbag.dags, "no DAG found in dags/"
+    for dag_id, one in dagbag.dags.items():
+        assert one.tags, f"{dag_id} has no tags"
+        assert one.default_args.get("retries", 0) >= 1, f"{dag_id} has no retries in default_args"
+        for t in one.tasks:
+            assert t.retries >= 1, f"{dag_id}.{t.task_id} does not retry"
+
+
+def test_task_graph_has_the_documented_shape(dag):
+    upstream = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
+    assert upstream == {
+        "validate_dataset": set(),
+        "decide_training": {"validate_dataset"},
+        "train_cnn": {"decide_training"},
+        "train_transfer": {"decide_training"},
+        "register_and_promote": {"train_cnn", "train_transfer"},
+        "plan_scoring": {"decide_training", "register_and_promote"},
+        "score_shard": {"plan_scoring"},
+        "render_reports": {"score_shard", "register_and_promote"},
+    }
+    tasks = dag.task_dict
+    # Training is a branch that can be skipped; scoring and reporting must still run then.
+    assert tasks["decide_training"].inherits_from_skipmixin
+    assert tasks["plan_scoring"].trigger_rule == "none_failed_min_one_success"
+    assert tasks["render_reports"].trigger_rule == "none_failed"
+    # The two trainings are independent of each other, so they run in parallel.
+    assert "train_cnn" not in tasks["train_transfer"].upstream_task_ids | tasks["train_transfer"].downstream_task_ids
+    # Shards fan out as mapped task instances.
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    assert isinstance(tasks["score_shard"], MappedOperator)
+    outlets = tasks["render_reports"].outlets
+    assert [a.name for a in outlets] == ["maskjob_compliance_report"]
+
+
+def test_dag_level_settings(dag):
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert dag.doc_md and "catchup" in dag.doc_md
+    assert dag.default_args["retry_exponential_backoff"] > 1
+    from airflow.serialization.encoders import coerce_to_core_timetable
+
+    timetable = coerce_to_core_timetable(dag.timetable)
+    assert timetable.summary == "0 2 * * *"
+    # Each run covers the 24 hours ending at its logical date.
+    interval = timetable.infer_manual_data_interval(run_after=datetime(2026, 11, 25, 2, tzinfo=UTC))
+    assert (interval.start.isoformat(), interval.end.isoformat()) == (
+        "2026-11-24T02:00:00+00:00", "2026-11-25T02:00:00+00:00"
+    )
+
+
+def test_maskjob_errors_fail_at_once_other_errors_retry(dag):
+    from airflow.sdk import RetryAction
+
+    policy = dag.default_args["retry_policy"]
+    assert policy.evaluate(MaskjobError("broken dataset"), 1, 3).action == RetryAction.FAIL
+    assert policy.evaluate(ConnectionError("db restarting"), 1, 3).action == RetryAction.DEFAULT
+
+
+def test_param_defaults_come_from_maskjob_settings(dag):
+    defaults = load_settings()
+    params = dag.params
+    assert params["data_dir"] == str(defaults.data_dir)
+    assert params["shards"] == defaults.shards
+    assert params["retrain_max_age_days"] == defaults.retrain_max_age_days
+    assert params["promotion_margin"] == defaults.promotion_margin
+    assert params["transfer_arch"] == defaults.transfer_arch
+    assert params["max_epochs"] == defaults.max_epochs
+    assert params["retry_unreadable"] is defaults.retry_unreadable is False
+    assert params["dataset_root"] is None and params["database_conn_id"] is None
+    for name in params:
+        assert params.get_param(name).description, f"param {name} has no description"
+
+
+def test_params_reject_bad_per_run_values(dag):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    good = ParamsDict({**dag.params, "shards": 4})
+    assert good.validate()["shards"] == 4
+    for bad in ({"shards": 0}, {"transfer_arch": "vgg"}, {"force_retrain": "yes"}, {"retry_unreadable": "no"}):
+        merged = ParamsDict(dag.params)
+        with pytest.raises(ParamValidationError):
+            for key, value in bad.items():
+                merged[key] = value
+            merged.validate()
+
+
+def _in_subprocess(code: str, **env: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_parsing_is_fast_and_imports_no_model_code():
+    result = _in_subprocess(
+        "import json, sys, time\n"
+        "import airflow.sdk, airflow.dag_processing.dagbag as d\n"
+        "t = time.perf_counter()\n"
+        f"bag = d.DagBag(dag_folder={str(DAGS_DIR)!r})\n"
+        "parse_s = time.perf_counter() - t\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'cv2', 'maskjob.pipeline', 'maskjob.ml.train') if m in sys.modules)\n"
+        "print(json.dumps({'parse_s': parse_s, 'heavy': heavy, 'errors': len(bag.import_errors)}))\n"
+    )
+    assert result["errors"] == 0
+    assert result["heavy"] == []
+    assert result["parse_s"] < 1.0, f"parsing dags/ took {result['parse_s']:.2f} s"
+
+
+def test_schedule_and_database_connection_are_configurable_from_the_environment():
+    result = _in_subprocess(
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "from airflow.serialization.encoders import coerce_to_core_timetable\n"
+        f"dag = DagBag(dag_folder={str(DAGS_DIR)!r}).dags['mask_compliance']\n"
+        "print(json.dumps({'schedule': coerce_to_core_timetable(dag.timetable).summary,\n"
+        "                  'conn_id': dag.params['database_conn_id']}))\n",
+        MASKJOB_DAG_SCHEDULE="30 3 * * *", MASKJOB_DATABASE_CONN_ID="maskjob_predictions",
+    )
+    assert result == {"schedule": "30 3 * * *", "conn_id": "maskjob_predictions"}
+
+
+def test_run_settings_apply_params_and_ignore_empty_values(tmp_path):
+    settings = run_settings({
+        "data_dir": str(tmp_path), "dataset_root": None, "inbox_dir": "", "shards": 3,
+        "force_retrain": True, "image_size": 32, "retry_unreadable": True,
+    })
+    assert settings.retry_unreadable is True
+    assert settings.dataset_root == tmp_path / "dataset"
+    assert settings.inbox_dir == tmp_path / "inbox"
+    assert settings.shards == 3
+    with pytest.raises(MaskjobError, match="shards must be >= 1"):
+        run_settings({"data_dir": str(tmp_path), "shards": 0})
+
+
+def test_database_url_from_airflow_connection_fields(tmp_path):
+    url = database_url_from_connection("postgres", host="db", schema="maskjob", login="u", password="p@ss", port=5432)
+    assert url == "postgresql+psycopg://u:p%40ss@db:5432/maskjob"
+    assert database_url_from_connection("sqlite", host=str(tmp_path / "m.db")) == f"sqlite:///{tmp_path / 'm.db'}"
+    with pytest.raises(MaskjobError, match="host to the database file"):
+        database_url_from_connection("sqlite")
+    with pytest.raises(MaskjobError, match="not supported"):
+        database_url_from_connection("mysql", host="db")
