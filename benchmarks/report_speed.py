@@ -230,7 +230,7 @@ def main() -> None:
     for window, cams, r in rows:
         print(f"| {window} | {cams} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['peak_rss_mib']:.0f} "
               f"| {r['rss_after_imports_mib']:.0f} | {r['html_kib']:.0f} |")
-    print(f"\nThe README's analyst queries on the same database (the views pick each image's latest scoring)\n")
+    print("\nThe README's analyst queries on the same database (the views pick each image's latest scoring)\n")
     print("| query | wall (s) | rows |")
     print("|---|---:|---:|")
     for name, seconds, n_rows in time_analyst_queries(db_path):

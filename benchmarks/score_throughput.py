@@ -226,11 +226,8 @@ def end_to_end(settings: Settings, inbox: Path, url: str) -> int:
     from maskjob.scoring.score import score
     from maskjob.storage import database
 
-    engine = database.make_engine(url)
-    try:
+    with database.engine_for(url) as engine:
         summary = score(engine, settings, inbox, progress=False)
-    finally:
-        engine.dispose()
     return summary.n_frames
 
 

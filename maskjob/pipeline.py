@@ -119,17 +119,14 @@ def decide_retrain(
     Returns:
         ``{"retrain": bool, "reason": str, "champion": version or None}``.
     """
-    from maskjob.storage.database import open_database, upgrade
+    from maskjob.storage.database import database, upgrade
     from maskjob.storage.registry import champion
     from maskjob.timeutil import utcnow
 
     settings = run_settings(config)
     upgrade(settings.database_url)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         current = champion(engine)
-    finally:
-        engine.dispose()
     moment = _utc(now) if now else utcnow()
     if force:
         retrain, reason = True, "retraining was forced (force_retrain)"
@@ -181,17 +178,14 @@ def register_and_promote(config: Mapping[str, Any], checkpoint_paths: list[str])
         ``{"registered": [versions], "promoted": version or None, "champion": version or None,
         "decisions": [...]}``.
     """
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
     from maskjob.storage.registry import champion, json_safe, promote, register
 
     settings = run_settings(config)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         registered = [register(engine, Path(path)).version for path in checkpoint_paths]
         result = promote(engine, settings.dataset_root, settings)
         current = champion(engine)
-    finally:
-        engine.dispose()
     outcome = {
         "registered": registered,
         "promoted": result.promoted.version if result.promoted else None,
@@ -211,15 +205,12 @@ def plan_scoring(config: Mapping[str, Any], start: str, end: str, shard_count: i
         MaskjobError: no champion model (nothing passed the promotion rules yet).
     """
     from maskjob.scoring.frames import discover_frames, shard_frames
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
     from maskjob.storage.registry import champion
 
     settings = run_settings(config)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         current = champion(engine)
-    finally:
-        engine.dispose()
     if current is None:
         raise MaskjobError(
             "there is no champion model to score with: no candidate has passed the promotion rules. "
@@ -239,17 +230,14 @@ def plan_scoring(config: Mapping[str, Any], start: str, end: str, shard_count: i
 def score_shard(config: Mapping[str, Any], shard: Mapping[str, Any]) -> dict[str, Any]:
     """Score one shard from :func:`plan_scoring`; idempotent per (frame, model version)."""
     from maskjob.scoring.score import score
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
 
     settings = run_settings(config)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         summary = score(
             engine, settings, settings.inbox_dir, _utc(shard["start"]), _utc(shard["end"]),
             shard=(int(shard["index"]), int(shard["count"])), model_version=shard["model_version"],
         )
-    finally:
-        engine.dispose()
     logger.info("%s", summary.format_line())
     return summary.to_dict()
 
@@ -261,18 +249,15 @@ def render_reports(config: Mapping[str, Any], start: str, end: str, *, with_mode
         ``{"compliance_report": path, "model_report": path or None}``.
     """
     from maskjob.reporting.compliance import render_compliance_report
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
 
     settings = run_settings(config)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         compliance = render_compliance_report(engine, settings, _utc(start), _utc(end), out_dir=settings.reports_dir)
         model = None
         if with_model_report:
             from maskjob.reporting.model_report import render_model_report
 
             model = render_model_report(engine, settings, out_dir=settings.reports_dir)
-    finally:
-        engine.dispose()
     logger.info("compliance report %s; model report %s", compliance, model)
     return {"compliance_report": str(compliance), "model_report": str(model) if model else None}

@@ -267,8 +267,18 @@ def train_model(
     best_state, history, best_epoch, diverged = _fit(model, arch, loaders, epochs, settings.patience)
     model.load_state_dict(best_state)
     test = _evaluate(model, loaders.test)
-    val_f1 = history[best_epoch - 1]["val_macro_f1"] if best_epoch else 0.0
-    meta: dict[str, Any] = {
+    meta = _checkpoint_meta(arch, size, spec, settings, fingerprint, test, history, best_epoch, diverged,
+                            n_skipped=len(loaders.skipped), seconds=time.perf_counter() - started,
+                            pretrained_weights=model.pretrained_weights)
+    path = _save(Path(out_dir), arch, best_state, meta)
+    return TrainResult(checkpoint_path=path, meta=meta)
+
+
+def _checkpoint_meta(arch: str, size: int, spec: Any, settings: Settings, fingerprint: str, test: dict[str, Any],
+                     history: list[dict[str, Any]], best_epoch: int, diverged: bool, *, n_skipped: int,
+                     seconds: float, pretrained_weights: Any) -> dict[str, Any]:
+    """The checkpoint's ``meta`` (docs/ARCHITECTURE.md lists every key)."""
+    return {
         "arch": arch,
         "classes": list(CLASSES),
         "image_size": size,
@@ -276,23 +286,27 @@ def train_model(
         "std": list(spec.std),
         "dataset_fingerprint": fingerprint,
         "metrics": test,
-        "val_macro_f1": val_f1,
+        "val_macro_f1": history[best_epoch - 1]["val_macro_f1"] if best_epoch else 0.0,
         "seed": settings.seed,
         "history": history,
         "best_epoch": best_epoch,
         "diverged": diverged or not test["finite"],
-        "n_skipped_images": len(loaders.skipped),
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "n_skipped_images": n_skipped,
+        "train_seconds": round(seconds, 1),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "maskjob_version": __version__,
-        "pretrained_weights": model.pretrained_weights,
+        "pretrained_weights": pretrained_weights,
     }
-    out = Path(out_dir)
-    path = save_checkpoint(out / f"{arch}.pt", best_state, meta)
+
+
+def _save(out: Path, arch: str, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """``out/<arch>.pt`` and its ``<arch>.history.json`` summary; the checkpoint's path."""
+    path = save_checkpoint(out / f"{arch}.pt", state, meta)
     summary = {k: meta[k] for k in ("arch", "best_epoch", "diverged", "val_macro_f1", "train_seconds", "history")}
     (out / f"{arch}.history.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info(
         "%s: best epoch %d, val macro-F1 %.4f, test macro-F1 %.4f, %.0f s -> %s",
-        arch, best_epoch, val_f1, test["macro_f1"], meta["train_seconds"], path,
+        arch, meta["best_epoch"], meta["val_macro_f1"], meta["metrics"]["macro_f1"], meta["train_seconds"], path,
     )
-    return TrainResult(checkpoint_path=path, meta=meta)
+    return path
+

@@ -19,9 +19,10 @@ from maskjob.config import Settings
 from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
 from maskjob.scoring.annotate import draw_faces
-from maskjob.scoring.detectors import Detection, create_detector
-from maskjob.scoring.faces import classify_isolating, face_row, failure_reason
+from maskjob.scoring.detectors import Detection, FaceDetector, create_detector
+from maskjob.scoring.faces import FaceClassifier, classify_isolating, face_row, failure_reason
 from maskjob.storage.registry import load_registered
+from maskjob.vocab import IMAGE_EXTENSIONS
 
 __all__ = ["predict_files"]
 
@@ -32,7 +33,7 @@ WHOLE_IMAGE_MAX_ASPECT = 2.0
 
 
 def _champion_classifier(settings: Settings) -> tuple[Any, str]:
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
     from maskjob.storage.registry import champion
 
     url = sa.make_url(settings.database_url)
@@ -41,14 +42,11 @@ def _champion_classifier(settings: Settings) -> tuple[Any, str]:
             f"no database at {url.database} to find the champion model in; "
             "pass --model CHECKPOINT.pt or set database_url"
         )
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         model = champion(engine)
         if model is None:
             raise MaskjobError("no champion model in the registry; run `maskjob promote` or pass --model CHECKPOINT.pt")
         return load_registered(model), model.version
-    finally:
-        engine.dispose()
 
 
 def _looks_like_face_crop(rgb: np.ndarray) -> bool:
@@ -62,7 +60,7 @@ def _annotated_path(annotate_dir: Path, source: Path, used: set[str]) -> Path:
         n += 1
         name = f"{source.stem}-{n}{source.suffix}"
     used.add(name)
-    if source.suffix.lower() not in {".jpg", ".jpeg", ".png", ".bmp", ".webp"}:
+    if source.suffix.lower() not in IMAGE_EXTENSIONS:
         name += ".png"
     return annotate_dir / name
 
@@ -87,8 +85,6 @@ def predict_files(
         ``unreadable``), ``width``, ``height``, ``faces`` (``box``, ``detector_score``,
         ``label``, ``confidence``, ``probs``), ``annotated`` and ``error``.
     """
-    import cv2
-
     from maskjob.ml.checkpoint import load_classifier
 
     if checkpoint is not None:
@@ -111,28 +107,37 @@ def predict_files(
         except MaskjobError as exc:
             result["error"] = str(exc)
             continue
-        height, width = rgb.shape[:2]
-        (found,) = classify_isolating([rgb], detector, classifier)
-        if isinstance(found, Exception):
-            result.update(width=width, height=height, error=failure_reason(found))
-            continue
-        mode = "detected" if found else "no_face"
-        if not found and _looks_like_face_crop(rgb):
-            found = [(Detection((0, 0, width, height), float("nan")), classifier.predict_proba([rgb])[0])]
-            mode = "whole_image"
-        faces = []
-        for det, probs in found:
-            row = face_row(len(faces), det, probs)
-            faces.append({
-                "box": list(det.box), "detector_score": None if mode == "whole_image" else det.score,
-                "label": row["label"], "confidence": row["confidence"],
-                "probs": {c: row[f"p_{c}"] for c in CLASSES},
-            })
-        result.update(mode=mode, width=width, height=height, faces=faces)
-        if out_dir is not None:
-            drawn = draw_faces(rgb, [(tuple(f["box"]), f["label"], f["confidence"]) for f in faces])
-            target = _annotated_path(out_dir, path, used)
-            if not cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
-                raise MaskjobError(f"cannot write {target}; check that {out_dir} is writable")
-            result["annotated"] = str(target)
+        result.update(_classify_file(rgb, detector, classifier))
+        if out_dir is not None and result["error"] is None:
+            result["annotated"] = str(_write_annotated(rgb, result["faces"], _annotated_path(out_dir, path, used)))
     return results
+
+
+def _classify_file(rgb: np.ndarray, detector: FaceDetector, classifier: FaceClassifier) -> dict[str, Any]:
+    """``mode``, ``width``, ``height``, ``faces`` and ``error`` of one decoded image."""
+    height, width = rgb.shape[:2]
+    (found,) = classify_isolating([rgb], detector, classifier)
+    if isinstance(found, Exception):
+        return {"width": width, "height": height, "error": failure_reason(found)}
+    mode = "detected" if found else "no_face"
+    if not found and _looks_like_face_crop(rgb):
+        found = [(Detection((0, 0, width, height), float("nan")), classifier.predict_proba([rgb])[0])]
+        mode = "whole_image"
+    faces = []
+    for det, probs in found:
+        row = face_row(len(faces), det, probs)
+        faces.append({
+            "box": list(det.box), "detector_score": None if mode == "whole_image" else det.score,
+            "label": row["label"], "confidence": row["confidence"],
+            "probs": {c: row[f"p_{c}"] for c in CLASSES},
+        })
+    return {"mode": mode, "width": width, "height": height, "faces": faces, "error": None}
+
+
+def _write_annotated(rgb: np.ndarray, faces: Sequence[dict[str, Any]], target: Path) -> Path:
+    import cv2
+
+    drawn = draw_faces(rgb, [(tuple(f["box"]), f["label"], f["confidence"]) for f in faces])
+    if not cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
+        raise MaskjobError(f"cannot write {target}; check that {target.parent} is writable")
+    return target

@@ -36,7 +36,7 @@ from maskjob.config import Settings
 from maskjob.errors import MaskjobError
 from maskjob.scoring.detectors import FaceDetector, create_detector
 from maskjob.scoring.faces import FaceClassifier, FrameFaces, classify_isolating, face_row, failure_reason
-from maskjob.scoring.frames import DecodedFrame, decode_frame, discover_frames, shard_frames
+from maskjob.scoring.frames import DecodedFrame, Frame, decode_frame, discover_frames, shard_frames
 from maskjob.storage.database import session
 from maskjob.storage.registry import load_registered
 from maskjob.storage.schema import Image, ModelVersion, ScoringRun
@@ -292,8 +292,6 @@ def score(
     Raises:
         MaskjobError: no champion / unknown version, missing checkpoint or detector files.
     """
-    from tqdm import tqdm
-
     model = _resolve_model(engine, model_version)
     classifier = load_registered(model)
     detector = create_detector(settings.detector, settings)
@@ -301,42 +299,14 @@ def score(
     frames = shard_frames(discover_frames(inbox, since, until), *shard)
     done = _scored_paths(engine, model.id, retry_unreadable=settings.retry_unreadable)
     todo = [f for f in frames if f.rel_path not in done]
-    with session(engine) as s:
-        run = ScoringRun(
-            interval_start=to_naive_utc(since) if since else None,
-            interval_end=to_naive_utc(until) if until else None,
-            shard_index=shard[0], shard_count=shard[1], model_version_id=model.id,
-            started_at=utcnow(), status="running", n_skipped=len(frames) - len(todo),
-        )
-        s.add(run)
-        s.flush()
-        _close_interrupted_runs(s, run)
-    summary = ScoreSummary(run.id, model.version, n_skipped=len(frames) - len(todo))
+    run_id = _start_run(engine, model, since, until, shard, n_skipped=len(frames) - len(todo))
+    summary = ScoreSummary(run_id, model.version, n_skipped=len(frames) - len(todo))
     logger.info("scoring %d frames (%d already scored) with %s, run %d",
-                len(todo), summary.n_skipped, model.version, run.id)
-    update = sa.update(ScoringRun).where(ScoringRun.id == run.id)
+                len(todo), summary.n_skipped, model.version, run_id)
+    update = sa.update(ScoringRun).where(ScoringRun.id == run_id)
     started = time.perf_counter()
-    root = inbox.resolve()
     try:
-        with ThreadPoolExecutor(DECODE_THREADS) as pool, tqdm(
-            total=len(todo), unit="frame", disable=None if progress is None else not progress
-        ) as bar:
-            decoded = _prefetch(pool, todo, lambda f: decode_frame(f, root, settings.max_image_pixels),
-                                window=2 * settings.score_batch_frames)
-            frame_batches, image_batches = tee(_batched(decoded, settings.score_batch_frames))
-            images = ([d.rgb for d in batch if d.rgb is not None] for batch in image_batches)
-            with closing(classify_batches(images, detector, classifier)) as found:
-                for batch, found_per_frame in zip(frame_batches, found):
-                    rows = image_rows(batch, found_per_frame, model.id, run.id)
-                    _tally(summary, rows)
-                    with engine.begin() as conn:
-                        if settings.retry_unreadable:
-                            conn.execute(sa.delete(Image).where(
-                                Image.model_version_id == model.id, Image.status == "unreadable",
-                                Image.path.in_([row["path"] for row in rows])))
-                        insert_images_and_faces(conn, rows)
-                        conn.execute(update.values(**_run_counts(summary)))
-                    bar.update(len(batch))
+        _score_frames(engine, settings, inbox.resolve(), todo, detector, classifier, model.id, summary, progress)
     except BaseException as exc:
         summary.elapsed_s = time.perf_counter() - started
         try:
@@ -344,10 +314,54 @@ def score(
                 conn.execute(update.values(**_run_counts(summary), status="failed", finished_at=utcnow(),
                                            error=f"{type(exc).__name__}: {exc}"))
         except sa.exc.SQLAlchemyError:
-            logger.exception("could not mark scoring run %d as failed", run.id)
+            logger.exception("could not mark scoring run %d as failed", run_id)
         raise
     summary.elapsed_s = time.perf_counter() - started
     with engine.begin() as conn:
         conn.execute(update.values(**_run_counts(summary), status="succeeded", finished_at=utcnow()))
     logger.info(summary.format_line())
     return summary
+
+
+def _start_run(engine: Engine, model: ModelVersion, since: datetime | None, until: datetime | None,
+               shard: tuple[int, int], n_skipped: int) -> int:
+    """Insert the run's ``running`` row (closing interrupted runs of the same shard); its id."""
+    with session(engine) as s:
+        run = ScoringRun(
+            interval_start=to_naive_utc(since) if since else None,
+            interval_end=to_naive_utc(until) if until else None,
+            shard_index=shard[0], shard_count=shard[1], model_version_id=model.id,
+            started_at=utcnow(), status="running", n_skipped=n_skipped,
+        )
+        s.add(run)
+        s.flush()
+        _close_interrupted_runs(s, run)
+        return run.id
+
+
+def _score_frames(engine: Engine, settings: Settings, root: Path, todo: Sequence[Frame], detector: FaceDetector,
+                  classifier: FaceClassifier, model_id: int, summary: ScoreSummary, progress: bool | None) -> None:
+    """Decode, detect, classify and write ``todo`` in batches, one transaction per batch that
+    also updates the run's counts, so the run row always matches its committed rows."""
+    from tqdm import tqdm
+
+    update = sa.update(ScoringRun).where(ScoringRun.id == summary.run_id)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool, tqdm(
+        total=len(todo), unit="frame", disable=None if progress is None else not progress
+    ) as bar:
+        decoded = _prefetch(pool, todo, lambda f: decode_frame(f, root, settings.max_image_pixels),
+                            window=2 * settings.score_batch_frames)
+        frame_batches, image_batches = tee(_batched(decoded, settings.score_batch_frames))
+        images = ([d.rgb for d in batch if d.rgb is not None] for batch in image_batches)
+        with closing(classify_batches(images, detector, classifier)) as found:
+            for batch, found_per_frame in zip(frame_batches, found):
+                rows = image_rows(batch, found_per_frame, model_id, summary.run_id)
+                _tally(summary, rows)
+                with engine.begin() as conn:
+                    if settings.retry_unreadable:
+                        conn.execute(sa.delete(Image).where(
+                            Image.model_version_id == model_id, Image.status == "unreadable",
+                            Image.path.in_([row["path"] for row in rows])))
+                    insert_images_and_faces(conn, rows)
+                    conn.execute(update.values(**_run_counts(summary)))
+                bar.update(len(batch))
