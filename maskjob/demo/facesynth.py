@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 # Source photos by identity prefix -> asset name (see maskjob.assets); LFW crops come on top.
 PHOTO_ASSETS = {"t1": "insightface_t1", "tom-hanks": "insightface_tom_hanks", "messi": "messi5",
                 "grace-hopper": "grace_hopper", "astronaut": "astronaut"}
+# MTCNN looks for faces down to this size (px) on the sources (facenet-pytorch's default).
+MIN_FACE_PX = 20
 # Mean MTCNN landmarks of the LFW crops (25 px): used for the crops MTCNN misses.
 LFW_CANONICAL = np.array([[5.3, 8.6], [14.6, 8.2], [9.7, 13.6], [6.4, 18.4], [14.3, 18.1]])
 # The face box in face coordinates (unit = eye distance, origin between the eyes, y down):
@@ -59,20 +61,17 @@ class Face:
     grey: bool = False
 
 
-def _keep(boxes: np.ndarray | None, probs: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    if boxes is None:
-        return None
-    keep = np.asarray(probs, dtype=float) >= 0.95
+def _keep(boxes: np.ndarray, probs: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and landmarks of one frame's faces with probability >= 0.95, largest box first
+    (the order of facenet-pytorch's ``detect``)."""
+    order = np.argsort((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[::-1]
+    keep = order[np.asarray(probs[order], dtype=float) >= 0.95]
     return np.asarray(boxes, float)[keep], np.asarray(points, float)[keep]
 
 
-@functools.lru_cache(maxsize=2)
-def _detect_faces(lfw_path: Path, photo_paths: tuple[Path, ...]) -> tuple[Face, ...]:
-    """Landmarks of every source face; cached because the files are sha256-pinned."""
-    import torch
-    from facenet_pytorch import MTCNN
-
-    up = 4
+def _source_images(lfw_path: Path, photo_paths: tuple[Path, ...],
+                   up: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """The LFW crops (grey, upscaled ``up`` times) and the photos, keyed like :data:`PHOTO_ASSETS`."""
     lfw_rgb = [
         np.repeat(cv2.resize((f * 255).round().astype(np.uint8), (25 * up, 25 * up),
                              interpolation=cv2.INTER_CUBIC)[:, :, None], 3, axis=2)
@@ -80,29 +79,45 @@ def _detect_faces(lfw_path: Path, photo_paths: tuple[Path, ...]) -> tuple[Face, 
     ]
     photos = dict(zip(PHOTO_ASSETS, (read_rgb(p) for p in photo_paths)))
     photos["tom-hanks"] = cv2.resize(photos["tom-hanks"], None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    return lfw_rgb, photos
+
+
+def _find(net_paths: tuple[Path, ...], lfw_rgb: list[np.ndarray],
+          photos: dict[str, np.ndarray]) -> tuple[list[tuple[np.ndarray, np.ndarray]], ...]:
+    """MTCNN's confident faces on the LFW crops (one batch) and on each photo."""
+    import torch
+
+    from maskjob.scoring.mtcnn import detect_faces
+    from maskjob.scoring.mtcnn_nets import nets_from_files
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # MTCNN's many small convolutions slow down badly on shared cores
-    try:
-        mtcnn = MTCNN(keep_all=True, device="cpu")
-        with torch.inference_mode():
-            lfw_found = [_keep(*r) for r in zip(*mtcnn.detect(np.stack(lfw_rgb), landmarks=True))]
-            photo_found = [_keep(*mtcnn.detect(rgb, landmarks=True)) for rgb in photos.values()]
+    try:  # faithful: facenet-pytorch's detect bit for bit, so the demo data stays as it was
+        nets = nets_from_files(net_paths)
+        lfw_found = [_keep(*f) for f in detect_faces(np.stack(lfw_rgb), nets, MIN_FACE_PX, faithful=True)]
+        photo_found = [_keep(*detect_faces(np.stack([rgb]), nets, MIN_FACE_PX, faithful=True)[0])
+                       for rgb in photos.values()]
     finally:
         torch.set_num_threads(threads)
+    return lfw_found, photo_found
+
+
+@functools.lru_cache(maxsize=2)
+def _detect_faces(lfw_path: Path, photo_paths: tuple[Path, ...], net_paths: tuple[Path, ...]) -> tuple[Face, ...]:
+    """Landmarks of every source face; cached because the files are sha256-pinned."""
+    up = 4
+    lfw_rgb, photos = _source_images(lfw_path, photo_paths, up)
+    lfw_found, photo_found = _find(net_paths, lfw_rgb, photos)
     faces: list[Face] = []
     misses = 0
-    for i, (rgb, found) in enumerate(zip(lfw_rgb, lfw_found)):
-        if found is None or not len(found[1]):
-            misses += 1
-            points = LFW_CANONICAL * up
-        else:
-            points = found[1][0]
-        faces.append(Face(f"lfw-{i:03d}", "lfw", rgb, np.round(points, 1), grey=True))
-    for (name, rgb), found in zip(photos.items(), photo_found):
-        if found is None or not len(found[1]):
+    for i, (rgb, (_, points)) in enumerate(zip(lfw_rgb, lfw_found)):
+        misses += not len(points)
+        landmarks = points[0] if len(points) else LFW_CANONICAL * up
+        faces.append(Face(f"lfw-{i:03d}", "lfw", rgb, np.round(landmarks, 1), grey=True))
+    for (name, rgb), (boxes, points) in zip(photos.items(), photo_found):
+        if not len(points):
             raise MaskjobError(f"no face found in the {name} photo; the asset is not the pinned file. "
                                f"Run `maskjob assets fetch`.")
-        boxes, points = found
         order = np.argsort(boxes[:, 0]) if name == "t1" else [0]
         for k, j in enumerate(order):
             identity = f"t1-{k}" if name == "t1" else name
@@ -117,10 +132,14 @@ def load_faces(settings: Settings) -> list[Face]:
     """Every source face (100 LFW crops, then the photos) with landmarks, from ``settings.assets_dir``.
 
     Raises:
-        MaskjobError: an asset is missing or a photo shows no face (not the pinned file).
+        MaskjobError: an asset (photo or MTCNN weights) is missing or tampered, or a photo
+            shows no face (not the pinned file).
     """
+    from maskjob.scoring.mtcnn_nets import NET_ASSETS
+
     photo_paths = tuple(asset_path(settings, name) for name in PHOTO_ASSETS.values())
-    return list(_detect_faces(asset_path(settings, "lfw_subset"), photo_paths))
+    net_paths = tuple(asset_path(settings, name) for name in NET_ASSETS.values())
+    return list(_detect_faces(asset_path(settings, "lfw_subset"), photo_paths, net_paths))
 
 
 class FaceCoords:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -128,11 +128,11 @@ class Res10:
 
 
 class Mtcnn:
-    """MTCNN with facenet-pytorch's networks and weights, run by :mod:`maskjob.scoring.mtcnn`
-    (the same cascade, ~1.1x faster with two scoring workers); images of the same size share
-    forward passes.
+    """MTCNN (:mod:`maskjob.scoring.mtcnn` with the networks and pinned weights of
+    :mod:`maskjob.scoring.mtcnn_nets`); images of the same size share forward passes.
 
     Args:
+        nets: ``(pnet, rnet, onet)`` in eval mode, e.g. ``load_nets(settings, channels_last=True)``.
         threshold: minimum final-stage probability for a face.
         min_face_px: the smallest face side, in pixels, it looks for. Halving it about
             quadruples the first stage's work (its image pyramid starts 2x larger).
@@ -145,16 +145,10 @@ class Mtcnn:
     # faster than 16-frame ones.
     chunk_frames = 4
 
-    def __init__(self, threshold: float, min_face_px: int = 20) -> None:
-        import torch
-        from facenet_pytorch import MTCNN
-
-        self.model = MTCNN(keep_all=True, device="cpu", post_process=False, min_face_size=min_face_px)
-        # Its nets have 10-128 channels; in channels-last memory the cascade runs ~1.4x
-        # faster on CPU (boxes agree to 1e-4 px).
-        for net in (self.model.pnet, self.model.rnet, self.model.onet):
-            net.to(memory_format=torch.channels_last)
+    def __init__(self, nets: Sequence[Any], threshold: float, min_face_px: int = 20) -> None:
+        self.nets = tuple(nets)
         self.threshold = threshold
+        self.min_face_px = min_face_px
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.detect_batch([rgb])[0]
@@ -166,13 +160,12 @@ class Mtcnn:
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, img in enumerate(images):
             by_shape.setdefault(img.shape, []).append(i)
-        nets = (self.model.pnet, self.model.rnet, self.model.onet)
         for shape, same_shape in by_shape.items():
             for start in range(0, len(same_shape), self.chunk_frames):
                 indices = same_shape[start:start + self.chunk_frames]
                 stack = np.stack([images[i] for i in indices])
-                for i, (boxes, probs) in zip(indices, detect_faces(stack, nets, self.model.min_face_size)):
-                    results[i] = self._kept(boxes, probs, shape[1], shape[0])
+                for i, faces in zip(indices, detect_faces(stack, self.nets, self.min_face_px)):
+                    results[i] = self._kept(faces.boxes, faces.probs, shape[1], shape[0])
         return results
 
     def _kept(self, boxes: np.ndarray, probs: np.ndarray, width: int, height: int) -> list[Detection]:
@@ -274,7 +267,12 @@ def _make_res10(settings: Settings) -> FaceDetector:
 
 
 def _make_mtcnn(settings: Settings) -> FaceDetector:
-    return Mtcnn(settings.detector_threshold, settings.min_face_px)
+    from maskjob.scoring.mtcnn_nets import load_nets
+
+    # Its nets have 10-128 channels; in channels-last memory the cascade runs ~1.4x faster on
+    # CPU (boxes agree to 1e-4 px).
+    nets = load_nets(settings, channels_last=True)
+    return Mtcnn(nets, settings.detector_threshold, settings.min_face_px)
 
 
 def _make_ultralight(settings: Settings) -> FaceDetector:

@@ -1,31 +1,39 @@
-"""MTCNN's three-stage cascade (P-Net, R-Net, O-Net), arranged for scoring on a CPU.
+"""MTCNN's three-stage cascade (P-Net, R-Net, O-Net): face boxes, scores and five landmarks.
 
-A port of ``detect_face`` from facenet-pytorch 2.6.0 (MIT licence, Tim Esler; the cascade is
-Zhang et al., 2016) that runs the package's own networks and weights with the same
-thresholds, image pyramid scales, box regression and non-maximum suppression. Three
-changes, each measured on the demo inbox (same recall and precision; boxes differ by a
-pixel or two where resampling rounds differently):
+A port of ``detect_face`` from facenet-pytorch 2.6.0 (MIT licence, Copyright (c) 2019 Timothy
+Esler; the cascade is Zhang et al., 2016) with the same thresholds, image pyramid scales, box
+regression, non-maximum suppression and landmark mapping. The networks and their weights are
+:mod:`maskjob.scoring.mtcnn_nets` (facenet-pytorch's, from the sha256-pinned wheel); the package
+itself is not needed at run time.
 
-- each pyramid level is area-resampled from the level above it instead of from the full
-  frame: the pyramid costs ~4x less (it was a quarter of the detector's time);
+By default the cascade is arranged for scoring on a CPU. Two changes, measured on the demo
+inbox (same recall and precision; boxes differ from facenet-pytorch's by a pixel or two where
+resampling rounds differently):
+
 - the crops that R-Net (24 px) and O-Net (48 px) classify are cut from the uint8 frame and
   resized with OpenCV's area interpolation, one call per box, instead of torch's on float
-  tensors (about half the time per box);
+  tensors (about half the time per box); the pyramid is resampled from a contiguous tensor
+  (~1.7x faster than from the permuted view);
 - a box whose crop would be empty is dropped with its score; the original dropped only the
   crop, which shifted every later score onto the wrong box.
 
-Landmarks are not computed; :mod:`maskjob.demo.facesynth` uses facenet-pytorch's own ``detect``.
+``faithful=True`` instead reproduces facenet-pytorch's ``MTCNN.detect`` bit for bit (torch
+crops from the permuted float frame, R-Net/O-Net in chunks of 512, one last-stage NMS over the
+whole batch with per-frame offsets), keeping only the empty-crop fix; the demo builder uses it
+so the landmarks, and so its dataset, stay exactly what facenet-pytorch gave.
 
 Example:
-    >>> from facenet_pytorch import MTCNN
-    >>> nets = MTCNN(device="cpu")                                   # doctest: +SKIP
-    >>> detect_faces(np.stack([rgb]), (nets.pnet, nets.rnet, nets.onet), 20)  # doctest: +SKIP
-    [(array([[212.4,  80.9, 301.2, 198.3]], dtype=float32), array([0.9998], dtype=float32))]
+    >>> from maskjob.scoring.mtcnn_nets import load_nets
+    >>> nets = load_nets(settings)                                    # doctest: +SKIP
+    >>> detect_faces(np.stack([rgb]), nets, 20)[0].boxes              # doctest: +SKIP
+    array([[212.4,  80.9, 301.2, 198.3]], dtype=float32)
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -33,11 +41,26 @@ import torch
 from torch.nn.functional import interpolate
 from torchvision.ops import batched_nms
 
-__all__ = ["THRESHOLDS", "SCALE_FACTOR", "detect_faces"]
+__all__ = ["SCALE_FACTOR", "THRESHOLDS", "Faces", "detect_faces"]
 
 THRESHOLDS = (0.6, 0.7, 0.7)  # P-Net, R-Net, O-Net face probability (facenet-pytorch's defaults)
 SCALE_FACTOR = 0.709  # between pyramid levels: about 1/sqrt(2)
 PNET_CELL, PNET_STRIDE = 12, 2
+FACENET_CHUNK = 512  # facenet-pytorch runs R-Net and O-Net on batches of at most this many crops
+
+Crop = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Faces(NamedTuple):
+    """One frame's faces, in no particular order (facenet-pytorch's own order when faithful)."""
+
+    boxes: np.ndarray  # (k, 4) float32 x1, y1, x2, y2 in pixels, unclipped
+    probs: np.ndarray  # (k,) float32 O-Net face probability
+    landmarks: np.ndarray  # (k, 5, 2) float32 x, y: eyes, nose tip, mouth corners (image left first)
+
+
+def _no_faces() -> Faces:
+    return Faces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
 
 
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
@@ -124,67 +147,142 @@ def _nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[in
     return picked
 
 
+def _torch_crops(full: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor,
+                 size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """facenet-pytorch's crops: cut from the float frames (NCHW) and area-resampled by torch."""
+    height, width = full.shape[2:4]
+    corners = boxes[:, :4].trunc().int().numpy()
+    x, y = np.maximum(corners[:, 0], 1), np.maximum(corners[:, 1], 1)
+    ex, ey = np.minimum(corners[:, 2], width), np.minimum(corners[:, 3], height)
+    keep = (ey > y - 1) & (ex > x - 1)
+    # Indexed exactly as the original (tensor image index, 1-based starts) so each crop has
+    # the same memory layout, hence the same resampled values.
+    crops = [interpolate(full[image_inds[k], :, (y[k] - 1):ey[k], (x[k] - 1):ex[k]].unsqueeze(0),
+                         size=(size, size), mode="area")
+             for k in np.flatnonzero(keep)]
+    batch = torch.cat(crops, dim=0) if crops else full.new_zeros((0, 3, size, size))
+    return _normalise(batch), torch.from_numpy(keep)
+
+
+def _forward(net: torch.nn.Module, batch: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, ...]:
+    if chunk is None or len(batch) <= chunk:
+        return tuple(net(batch))
+    outs = [net(batch[i:i + chunk]) for i in range(0, len(batch), chunk)]
+    return tuple(torch.cat(parts, dim=0) for parts in zip(*outs))
+
+
+def _propose(full: torch.Tensor, scales: list[float], pnet: torch.nn.Module,
+             threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1: P-Net over the pyramid -> squared candidate boxes ``(k, 5)`` and frame indices."""
+    height, width = full.shape[2:4]
+    found, found_inds = [], []
+    for scale in scales:
+        level = interpolate(full, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
+        reg, probs = pnet(_normalise(level))
+        boxes, inds = _pnet_boxes(reg, probs[:, 1], scale, threshold)
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.5)
+        found.append(boxes[keep])
+        found_inds.append(inds[keep])
+    boxes, inds = torch.cat(found), torch.cat(found_inds)
+    keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+    boxes, inds = boxes[keep], inds[keep]
+    # P-Net's regression is relative to width and height without the +1 of the later stages.
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    boxes = _square(torch.stack([boxes[:, 0] + boxes[:, 5] * w, boxes[:, 1] + boxes[:, 6] * h,
+                                 boxes[:, 2] + boxes[:, 7] * w, boxes[:, 3] + boxes[:, 8] * h,
+                                 boxes[:, 4]], dim=1))
+    return boxes, inds
+
+
+def _classify(crop: Crop, net: torch.nn.Module, boxes: torch.Tensor, inds: torch.Tensor, size: int,
+              threshold: float, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Run ``net`` on the crops of ``boxes``; keep those above ``threshold``.
+
+    Returns the kept boxes (their input coordinates, column 4 the new score), their frame
+    indices and the net's other outputs (regression first), rows matching the boxes.
+    """
+    batch, had_crop = crop(boxes, inds, size)
+    boxes, inds = boxes[had_crop], inds[had_crop]
+    out = _forward(net, batch, chunk)
+    score = out[-1][:, 1]
+    passed = score > threshold
+    boxes = torch.cat([boxes[passed, :4], score[passed].unsqueeze(1)], dim=1)
+    return boxes, inds[passed], tuple(o[passed] for o in out[:-1])
+
+
+def _landmarks(boxes: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
+    """O-Net's landmarks (fractions of its input box) in pixels, ``(k, 5, 2)``, as the original."""
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    xs = w.unsqueeze(1) * marks[:, :5] + boxes[:, 0].unsqueeze(1) - 1
+    ys = h.unsqueeze(1) * marks[:, 5:10] + boxes[:, 1].unsqueeze(1) - 1
+    return torch.stack([xs, ys], dim=2)
+
+
+def _nms_min_batched(boxes: torch.Tensor, inds: torch.Tensor, threshold: float) -> list[int]:
+    """:func:`_nms_min` over every frame at once, frames apart by offsets (the original's way)."""
+    if not len(boxes):
+        return []
+    coords = boxes[:, :4]
+    offsets = inds.to(coords) * (coords.max() + 1)
+    return _nms_min((coords + offsets[:, None]).numpy(), boxes[:, 4].numpy(), threshold)
+
+
+def _per_frame(boxes: torch.Tensor, inds: torch.Tensor, points: torch.Tensor, n: int,
+               faithful: bool) -> list[Faces]:
+    """The last stage's NMS (overlap against the smaller box), split by frame."""
+    boxes_np, inds_np, points_np = boxes.numpy(), inds.numpy(), points.numpy()
+    if faithful:
+        pick = _nms_min_batched(boxes, inds, 0.7)
+        boxes_np, inds_np, points_np = boxes_np[pick], inds_np[pick], points_np[pick]
+    result = []
+    for i in range(n):
+        mine, marks = boxes_np[inds_np == i], points_np[inds_np == i]
+        if faithful:
+            keep = list(range(len(mine)))
+        else:
+            keep = _nms_min(mine[:, :4], mine[:, 4], 0.7) if len(mine) else []
+        result.append(Faces(mine[keep, :4].astype(np.float32), mine[keep, 4].astype(np.float32),
+                            marks[keep].astype(np.float32)))
+    return result
+
+
 def detect_faces(frames: np.ndarray, nets: Sequence[torch.nn.Module], min_face_px: int,
-                 thresholds: Sequence[float] = THRESHOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Faces in a stack of same-sized frames.
+                 thresholds: Sequence[float] = THRESHOLDS, *, faithful: bool = False) -> list[Faces]:
+    """Faces and their five landmarks in a stack of same-sized frames.
 
     Args:
         frames: ``(N, H, W, 3)`` uint8 RGB.
-        nets: facenet-pytorch's ``(pnet, rnet, onet)``, in eval mode.
+        nets: ``(pnet, rnet, onet)`` in eval mode (:func:`maskjob.scoring.mtcnn_nets.load_nets`).
         min_face_px: the smallest face side looked for; sets the pyramid's first scale.
         thresholds: face probability each stage keeps.
+        faithful: reproduce facenet-pytorch's ``detect`` exactly (slower; see the module doc);
+            exact only with the nets in the default memory layout (not ``channels_last``).
 
     Returns:
-        Per frame, ``(boxes (k, 4) float32 x1, y1, x2, y2 in pixels, O-Net probabilities (k,))``,
-        boxes unclipped, in no particular order.
+        Per frame, a :class:`Faces` of ``boxes``, ``probs`` and ``landmarks``.
     """
     pnet, rnet, onet = nets
     n, height, width = frames.shape[:3]
-    empty = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32)) for _ in range(n)]
     scales = _pyramid_scales(height, width, min_face_px)
     if not scales:  # smaller than P-Net's 12 px window at min_face_px: no face can be found
-        return empty
+        return [_no_faces() for _ in range(n)]
     with torch.inference_mode():
-        # The pyramid's resampling runs ~1.7x faster on contiguous NCHW than on a permuted view.
-        full = torch.from_numpy(frames).permute(0, 3, 1, 2).float().contiguous()
-        found, found_inds = [], []
-        for scale in scales:
-            level = interpolate(full, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
-            reg, probs = pnet(_normalise(level))
-            boxes, inds = _pnet_boxes(reg, probs[:, 1], scale, thresholds[0])
-            keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.5)
-            found.append(boxes[keep])
-            found_inds.append(inds[keep])
-        boxes, inds = torch.cat(found), torch.cat(found_inds)
+        # The original copies the frames first; the copy's canonical strides decide the memory
+        # layout of the float tensor below, and with it the last bits of every convolution.
+        full = torch.from_numpy(frames.copy() if faithful else frames).permute(0, 3, 1, 2).float()
+        if not faithful:
+            full = full.contiguous()  # resampling runs ~1.7x faster than on the permuted view
+        crop: Crop = partial(_torch_crops, full) if faithful else partial(_crops, frames)
+        chunk = FACENET_CHUNK if faithful else None
+        boxes, inds = _propose(full, scales, pnet, thresholds[0])
+        if not len(boxes):
+            return [_no_faces() for _ in range(n)]
+        boxes, inds, (reg,) = _classify(crop, rnet, boxes, inds, 24, thresholds[1], chunk)
         keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
-        boxes, inds = boxes[keep], inds[keep]
-        # P-Net's regression is relative to width and height without the +1 of the later stages.
-        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        boxes = _square(torch.stack([boxes[:, 0] + boxes[:, 5] * w, boxes[:, 1] + boxes[:, 6] * h,
-                                     boxes[:, 2] + boxes[:, 7] * w, boxes[:, 3] + boxes[:, 8] * h,
-                                     boxes[:, 4]], dim=1))
-
-        for net, size, threshold in ((rnet, 24, thresholds[1]), (onet, 48, thresholds[2])):
-            if not len(boxes):
-                return empty
-            batch, had_crop = _crops(frames, boxes, inds, size)
-            boxes, inds = boxes[had_crop], inds[had_crop]
-            out = net(batch)
-            reg, score = out[0], out[-1][:, 1]
-            passed = score > threshold
-            boxes = torch.cat([boxes[passed, :4], score[passed].unsqueeze(1)], dim=1)
-            inds, reg = inds[passed], reg[passed]
-            if net is rnet:
-                keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
-                boxes = _square(_regress(boxes[keep], reg[keep]))
-                inds = inds[keep]
-            else:
-                boxes = _regress(boxes, reg)
-
-        result = []
-        boxes_np, inds_np = boxes.numpy(), inds.numpy()
-        for i in range(n):
-            mine = boxes_np[inds_np == i]
-            keep = _nms_min(mine[:, :4], mine[:, 4], 0.7) if len(mine) else []
-            result.append((mine[keep, :4].astype(np.float32), mine[keep, 4].astype(np.float32)))
-        return result
+        boxes, inds = _square(_regress(boxes[keep], reg[keep])), inds[keep]
+        if not len(boxes):
+            return [_no_faces() for _ in range(n)]
+        boxes, inds, (reg, marks) = _classify(crop, onet, boxes, inds, 48, thresholds[2], chunk)
+        points = _landmarks(boxes, marks)  # from O-Net's input boxes, before its regression
+        return _per_frame(_regress(boxes, reg), inds, points, n, faithful)

@@ -122,3 +122,44 @@ def test_cli_reports_the_error_and_exits_2(tmp_path, monkeypatch, capsys):
                    "--inbox", str(inbox), "--scale", "0.01", "--seed", "3"])
     assert status == 2
     assert "pass an empty or new directory" in capsys.readouterr().err
+
+
+def test_source_landmarks_are_the_ones_facenet_pytorch_finds(tiny_demo):
+    """maskjob's MTCNN (faithful mode) gives facenet-pytorch's ``detect`` landmarks exactly, so
+    the demo data is what it was when the builder used facenet-pytorch (test-only reference)."""
+    import numpy as np
+    import torch
+    from facenet_pytorch import MTCNN
+
+    from maskjob.assets import asset_path
+    from maskjob.demo import facesynth
+
+    settings = tiny_demo.settings
+    paths = tuple(asset_path(settings, name) for name in facesynth.PHOTO_ASSETS.values())
+    lfw, photos = facesynth._source_images(asset_path(settings, "lfw_subset"), paths, 4)
+    reference = MTCNN(keep_all=True, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        found = [reference.detect(np.stack(lfw), landmarks=True)]
+        found += [reference.detect(np.stack([rgb]), landmarks=True) for rgb in photos.values()]
+    finally:
+        torch.set_num_threads(threads)
+    want = []
+    for boxes, probs, points in found:
+        for frame_boxes, frame_probs, frame_points in zip(boxes, probs, points):
+            if frame_boxes is None:
+                want.append(None)
+                continue
+            sure = np.asarray(frame_probs, float) >= 0.95
+            want.append((np.asarray(frame_boxes, float)[sure], np.asarray(frame_points, float)[sure]))
+    faces = {f.identity: f.landmarks for f in facesynth.load_faces(settings)}
+    assert len(faces) == 110
+    for i, got in enumerate(want[:100]):
+        if got is not None and len(got[1]):
+            np.testing.assert_array_equal(faces[f"lfw-{i:03d}"], np.round(got[1][0], 1))
+    t1_boxes, t1_points = want[100]
+    for k, j in enumerate(np.argsort(t1_boxes[:, 0])):
+        np.testing.assert_array_equal(faces[f"t1-{k}"], np.round(t1_points[j], 1))
+    for name, got in zip(list(facesynth.PHOTO_ASSETS)[1:], want[101:]):
+        np.testing.assert_array_equal(faces[name], np.round(got[1][0], 1))

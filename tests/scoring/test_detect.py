@@ -14,6 +14,7 @@ from maskjob.scoring.annotate import CLASS_COLOURS, draw_faces
 from maskjob.scoring.detectors import DETECTORS, Detection, UltraLight, create_detector
 from maskjob.scoring.faces import classify_faces, crop_face
 from maskjob.scoring.matching import iou, match_boxes
+from tests.fixtures.paths import REPO_ASSETS
 
 # The astronaut photo (NASA, public domain) has one face; this box is hand-labelled.
 ASTRONAUT_FACE = (175, 50, 275, 180)
@@ -42,7 +43,7 @@ def test_detector_finds_the_real_face_single_and_batched(name, settings_factory,
 
 def test_mtcnn_looks_for_faces_down_to_min_face_px(settings_factory, astronaut):
     tiny = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)  # its face is about 28 px tall
-    assert create_detector("mtcnn", settings_factory()).model.min_face_size == 20
+    assert create_detector("mtcnn", settings_factory()).min_face_px == 20
     assert len(create_detector("mtcnn", settings_factory(min_face_px=20)).detect(tiny)) == 1
     assert create_detector("mtcnn", settings_factory(min_face_px=60)).detect(tiny) == []
 
@@ -50,6 +51,18 @@ def test_mtcnn_looks_for_faces_down_to_min_face_px(settings_factory, astronaut):
 def test_unknown_detector_names_the_choices(settings_factory):
     with pytest.raises(MaskjobError, match="mtcnn.*res10.*ultralight"):
         create_detector("yolo", settings_factory())
+
+
+def test_missing_or_tampered_mtcnn_weights_say_how_to_fetch(settings_factory, tmp_path):
+    with pytest.raises(MaskjobError, match="mtcnn_pnet.*missing.*maskjob assets fetch"):
+        create_detector("mtcnn", settings_factory(assets_dir=tmp_path / "empty"))
+    assets = tmp_path / "assets" / "facenet-pytorch"
+    assets.mkdir(parents=True)
+    for name in ("pnet.pt", "rnet.pt", "onet.pt"):
+        (assets / name).write_bytes((REPO_ASSETS / "facenet-pytorch" / name).read_bytes())
+    (assets / "onet.pt").write_bytes((assets / "onet.pt").read_bytes()[:-10])
+    with pytest.raises(MaskjobError, match="mtcnn_onet.*wrong sha256.*maskjob assets fetch"):
+        create_detector("mtcnn", settings_factory(assets_dir=tmp_path / "assets"))
 
 
 def test_missing_res10_files_say_how_to_fetch(settings_factory, tmp_path):

@@ -64,6 +64,25 @@ def test_fetched_assets_are_verified_without_downloading(settings_factory, offli
     assert asset_path(settings_factory(), "astronaut").name == "astronaut.png"
 
 
+def test_mtcnn_weights_come_from_the_pinned_facenet_pytorch_wheel(settings_factory, offline):
+    """Declared like the other pip assets; the same bytes as the reference package the tests
+    compare against (installed in the test environment only)."""
+    import importlib.util
+
+    source = SOURCES["facenet-pytorch"]
+    assert (source.kind, source.package, source.version) == ("pip", "facenet-pytorch", "2.6.0")
+    assert source.filename == "facenet_pytorch-2.6.0-py3-none-any.whl" and len(source.sha256) == 64
+    spec = importlib.util.find_spec("facenet_pytorch")
+    assert spec is not None and spec.submodule_search_locations
+    installed = Path(next(iter(spec.submodule_search_locations))) / "data"
+    for net in ("pnet", "rnet", "onet"):
+        asset = ASSETS[f"mtcnn_{net}"]
+        assert (asset.source, asset.member) == ("facenet-pytorch", f"facenet_pytorch/data/{net}.pt")
+        path = asset_path(settings_factory(), f"mtcnn_{net}")
+        assert path == REPO_ASSETS / "facenet-pytorch" / f"{net}.pt"
+        assert sha256_bytes((installed / f"{net}.pt").read_bytes()) == asset.sha256
+
+
 def test_unknown_asset_is_an_error(settings_factory):
     with pytest.raises(MaskjobError, match="unknown asset 'lena'.*res10_prototxt"):
         asset_path(settings_factory(), "lena")
