@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from maskjob import CLASSES
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
-from maskjob.imageio import read_rgb
+from maskjob.imageio import ImageReadError, read_rgb
 from maskjob.ml.dataset import Item, _reason, scan_dataset
 
 __all__ = ["ImageSet", "Loaders", "decode_images", "make_loaders", "normalize", "resize_rgb", "split_train_val"]
@@ -84,7 +84,8 @@ class ImageSet:
 
 
 def decode_images(items: Sequence[Item], size: int, max_pixels: int) -> ImageSet:
-    """Decode and resize images, skipping unreadable ones with a logged warning.
+    """Decode and resize images, skipping unreadable ones (any failure to read or decode a
+    file, including FIFOs, devices and broken links named like images) with a logged warning.
 
     Args:
         items: ``(path, class_index)`` pairs.
@@ -100,10 +101,12 @@ def decode_images(items: Sequence[Item], size: int, max_pixels: int) -> ImageSet
     skipped: list[tuple[Path, str]] = []
     for path, label in items:
         try:
+            # Only regular files are opened (a FIFO or device in the dataset never blocks), and
+            # whatever the decoder raises on a malformed file comes back as a MaskjobError.
             rgb = read_rgb(path, max_pixels)
         except MaskjobError as exc:
             logger.warning("skipping unreadable image %s", exc)
-            skipped.append((path, _reason(exc, path)))
+            skipped.append((path, exc.reason if isinstance(exc, ImageReadError) else _reason(exc, path)))
             continue
         images[len(paths)] = resize_rgb(rgb, size)
         labels.append(label)

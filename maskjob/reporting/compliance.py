@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 import maskjob
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
-from maskjob.imageio import read_rgb
+from maskjob.imageio import ImageReadError, max_file_bytes, read_file_inside, read_rgb
 from maskjob.reporting.compliance_data import WindowData, load_window
 from maskjob.reporting.render import CHART_RC, figure_data_uri, png_data_uri, template_environment
 from maskjob.timeutil import to_naive_utc
@@ -51,8 +51,8 @@ MAX_HEATMAP_CAMERAS = 30
 
 
 @functools.cache
-def _placeholder_uri() -> str:
-    return png_data_uri(_placeholder("frame file missing"))
+def _placeholder_uri(text: str = "frame file missing") -> str:
+    return png_data_uri(_placeholder(text))
 
 
 def _placeholder(text: str) -> np.ndarray:
@@ -105,25 +105,47 @@ def _display_path(stored: str) -> tuple[str, PurePosixPath | None]:
 
 class _CropMaker:
     """Turns face rows into gallery items, reading each frame once (frames in parallel threads:
-    JPEG decoding releases the GIL, and a month's gallery reads hundreds of frames)."""
+    JPEG decoding releases the GIL, and a month's gallery reads hundreds of frames).
+
+    A frame is read only when its stored path resolves inside the inbox and it is a regular
+    file (never blocking on a FIFO or device that replaced it); otherwise, or when it does
+    not decode, its faces show a placeholder saying why."""
 
     def __init__(self, settings: Settings, blur: bool) -> None:
         self.inbox = settings.inbox_dir
         self.max_pixels = settings.max_image_pixels
         self.blur = blur
         self.missing = 0
+        self.unusable = 0
 
-    def _thumbs(self, rel: PurePosixPath | None, rows: list[Any]) -> tuple[list[str], bool]:
-        """JPEG data URIs of ``rows``' faces in the frame ``rel``, and whether the frame was missing."""
+    def _read(self, rel: PurePosixPath | None) -> tuple[np.ndarray | None, str | None, bool]:
+        """The frame's RGB, or ``None`` with the placeholder text and whether the file is missing."""
+        if rel is None:
+            logger.warning("gallery: a stored path is not inside the inbox; not read")
+            return None, "frame refused", False
         try:
-            if rel is None:
-                raise MaskjobError("stored path is not inside the inbox")
-            rgb = read_rgb(self.inbox / rel, self.max_pixels)
+            data = read_file_inside(self.inbox / rel, self.inbox, max_file_bytes(self.max_pixels))
+        except ImageReadError as exc:
+            logger.warning("gallery: %s", exc)
+            return None, "frame file missing" if exc.missing else "frame refused", exc.missing
+        try:
+            return read_rgb(rel, self.max_pixels, data=data), None, False
         except MaskjobError as exc:
             logger.warning("gallery: %s", exc)
-            return [_placeholder_uri()] * len(rows), True
-        crops = [face_crop(rgb, (r.x1, r.y1, r.x2, r.y2), r.label, self.blur) for r in rows]
-        return [png_data_uri(c, "JPEG") for c in crops], False
+            return None, "frame unreadable", False
+
+    def _thumbs(self, rel: PurePosixPath | None, rows: list[Any]) -> tuple[list[str], bool, bool]:
+        """JPEG data URIs of ``rows``' faces in the frame ``rel``, whether the frame was missing,
+        and whether it was there but refused or undecodable (both: a placeholder)."""
+        try:
+            rgb, problem, missing = self._read(rel)
+            if rgb is not None:
+                crops = [face_crop(rgb, (r.x1, r.y1, r.x2, r.y2), r.label, self.blur) for r in rows]
+                return [png_data_uri(c, "JPEG") for c in crops], False, False
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not break the report
+            logger.warning("gallery: %s: %s: %s", rel, type(exc).__name__, exc)
+            problem, missing = "frame unreadable", False
+        return [_placeholder_uri(problem)] * len(rows), missing, not missing
 
     def items(self, faces: pd.DataFrame) -> list[dict[str, Any]]:
         rows = list(faces.itertuples(index=False))
@@ -138,9 +160,10 @@ class _CropMaker:
                 for path, idx in by_frame.items()
             }
             for job, idx in jobs.items():
-                thumbs, gone = job.result()
+                thumbs, gone, refused = job.result()
                 for i, uri in zip(idx, thumbs):
                     uris[i], missing[i] = uri, gone
+                self.unusable += len(idx) if refused else 0
         self.missing += sum(missing)
         return [
             {
@@ -287,6 +310,9 @@ def compliance_context(data: WindowData, settings: Settings, start: datetime, en
     if crops.missing:
         logger.warning("%d gallery faces show a placeholder: their frame files are missing from %s",
                        crops.missing, settings.inbox_dir)
+    if crops.unusable:
+        logger.warning("%d gallery faces show a placeholder: their frames were refused (outside the inbox "
+                       "or not regular files) or did not decode", crops.unusable)
     return context
 
 

@@ -6,6 +6,15 @@ timestamp in the file name (``YYYYMMDDTHHMMSS``, ``YYYYMMDD_HHMMSS``,
 ``YYYY-MM-DD_HH-MM-SS``, ...), else the file's modification time. Times without a zone
 are taken as UTC; all times are returned as naive UTC.
 
+The inbox is treated as hostile. Discovery never opens anything but a regular file (and
+that without blocking), and never stops on one bad entry: a FIFO, socket or device named
+like a frame, a symlink loop, a dangling link, a link leaving the inbox, a link to a
+folder, a file it may not examine and a name that is not valid UTF-8 each become a
+:class:`Frame` with a ``reason``, which :func:`decode_frame` turns into an unreadable
+:class:`DecodedFrame` (so the scorer stores an ``unreadable`` row with that reason). Such
+frames take their time from the name, else from ``lstat``'s mtime. A sub-folder that cannot
+be listed is one run-level warning (:attr:`InboxScan.warnings`) naming it.
+
 Example:
     >>> frames = discover_frames(settings.inbox_dir, since, until)      # doctest: +SKIP
     >>> mine = shard_frames(frames, 0, 2)                               # doctest: +SKIP
@@ -18,30 +27,49 @@ import hashlib
 import logging
 import os
 import re
-from dataclasses import dataclass
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from maskjob.errors import MaskjobError
-from maskjob.imageio import is_image_name, read_rgb, sha256_bytes
+from maskjob.imageio import (
+    ImageReadError,
+    display_path,
+    file_kind,
+    is_image_name,
+    max_file_bytes,
+    open_regular,
+    os_error_reason,
+    read_file_inside,
+    read_rgb,
+    sha256_bytes,
+)
 from maskjob.timeutil import to_naive_utc
 
 __all__ = [
     "DecodedFrame",
     "Frame",
+    "InboxScan",
     "capture_time",
     "decode_frame",
     "discover_frames",
     "name_timestamp",
+    "scan_inbox",
     "shard_frames",
 ]
 
 logger = logging.getLogger(__name__)
 
 ROOT_CAMERA_ID = "unknown"
+
+NON_UTF8_REASON = (
+    "file name is not valid UTF-8 (stored with the invalid bytes escaped as \\xNN); "
+    "rename it to UTF-8 to have it scored"
+)
 
 _NAME_TS = re.compile(
     r"(?<!\d)(?P<Y>\d{4})(?P<s1>-?)(?P<m>\d{2})(?P=s1)(?P<d>\d{2})[T_ \-]?"
@@ -51,13 +79,29 @@ _NAME_TS = re.compile(
 
 @dataclass(frozen=True)
 class Frame:
-    """A CCTV frame found in the inbox. ``time_source`` is ``exif``, ``name`` or ``mtime``."""
+    """A CCTV frame found in the inbox. ``time_source`` is ``exif``, ``name`` or ``mtime``.
+
+    ``rel_path`` and ``camera_id`` are always valid text (what the database stores), while
+    ``path`` is the file itself. ``reason`` is set when discovery already knows the frame
+    cannot be read (e.g. a FIFO or a symlink loop); :func:`decode_frame` then reports it
+    without opening anything.
+    """
 
     path: Path
     rel_path: str
     camera_id: str
     captured_at: datetime
     time_source: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class InboxScan:
+    """What :func:`scan_inbox` found: the frames, and run-level problems (folders that could
+    not be listed, folder symlinks not followed, files that could not be placed in time)."""
+
+    frames: list[Frame]
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -80,12 +124,13 @@ def name_timestamp(name: str) -> datetime | None:
     return None
 
 
-def _exif_timestamp(path: Path) -> datetime | None:
+def _exif_timestamp(path: str | Path, follow: bool = True) -> datetime | None:
     from PIL import ExifTags, Image
 
     try:
-        with Image.open(path) as img:
-            exif = img.getexif().get_ifd(ExifTags.IFD.Exif)
+        with open_regular(path, follow_symlinks=follow) as fh, Image.open(fh) as img:
+            # The base method: PNG's own getexif decodes the whole image to look for EXIF.
+            exif = Image.Image.getexif(img).get_ifd(ExifTags.IFD.Exif)
     except Exception:  # noqa: BLE001 - any unreadable header just means "no EXIF time"
         return None
     raw = exif.get(ExifTags.Base.DateTimeOriginal)
@@ -104,16 +149,22 @@ def _exif_timestamp(path: Path) -> datetime | None:
     return taken
 
 
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime, UTC).replace(tzinfo=None)
+
+
 def capture_time(path: Path, follow: bool = True) -> tuple[datetime, str] | None:
     """The capture time of a file and where it came from (``exif``, ``name``, ``mtime``).
 
     Args:
         path: the image file.
-        follow: read EXIF through symlinks (off for links that leave the inbox).
+        follow: read EXIF through symlinks (off for links that leave the inbox). EXIF is only
+            ever read from a regular file, never blocking.
 
     Returns:
         ``(naive UTC time, source)``, or ``None`` when the file no longer exists.
     """
+    path = Path(path)
     if follow:
         taken = _exif_timestamp(path)
         if taken is not None:
@@ -122,56 +173,169 @@ def capture_time(path: Path, follow: bool = True) -> tuple[datetime, str] | None
     if taken is not None:
         return taken, "name"
     try:
-        stat = path.stat() if follow else path.lstat()
+        st = os.stat(path) if follow else os.lstat(path)
     except OSError:
         try:
-            stat = path.lstat()
+            st = os.lstat(path)
         except OSError:
             return None
-    return datetime.fromtimestamp(stat.st_mtime, UTC).replace(tzinfo=None), "mtime"
+    return _mtime(st), "mtime"
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root)
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _list_folder(folder: Path) -> tuple[list[os.DirEntry[str]], OSError | None]:
+    """The entries of ``folder``, and the error that stopped the listing (entries read
+    before it are kept)."""
+    entries: list[os.DirEntry[str]] = []
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                entries.append(entry)  # noqa: PERF402 - keeps the entries read before an error
+    except OSError as exc:
+        return entries, exc
+    return entries, None
+
+
+def _links_to_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_symlink() and entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def _frame(path: Path, inbox: Path, root: str) -> Frame | str | None:
+    """The frame for the image-named non-folder entry ``path``: a :class:`Frame` (with a
+    ``reason`` when it cannot be read), a warning when it cannot be placed in time, or
+    ``None`` when it vanished."""
+    rel_raw = path.relative_to(inbox).as_posix()
+    rel = display_path(rel_raw)
+    parts = rel.split("/")
+    camera = parts[0] if len(parts) > 1 else ROOT_CAMERA_ID
+    problems: list[str] = []
+    exif_from: str | None = None  # the regular file to read EXIF from, if any
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError:
+        logger.warning("%s vanished while listing the inbox; not scored", rel)
+        return None
+    except OSError as exc:
+        lst = None
+        problems.append(f"cannot examine the file: {os_error_reason(exc, path)[0]}")
+    st = lst
+    if lst is None:
+        pass
+    elif stat.S_ISREG(lst.st_mode):
+        exif_from = str(path)
+    elif stat.S_ISLNK(lst.st_mode):
+        real = os.path.realpath(path)
+        if not _within(real, root):
+            problems.append(f"symlink points outside the inbox (to {display_path(real)}); refused for safety")
+        else:
+            try:
+                target = os.stat(path)
+            except OSError as exc:
+                problems.append(os_error_reason(exc, path)[0])
+            else:
+                if stat.S_ISREG(target.st_mode):
+                    exif_from, st = real, target
+                else:
+                    problems.append(f"symlink to {file_kind(target.st_mode)}; only regular files are read")
+    else:
+        problems.append(f"{file_kind(lst.st_mode)}, not a regular file; refused unread")
+    if rel != rel_raw:
+        problems.append(NON_UTF8_REASON)
+    reason = "; ".join(problems) or None
+
+    taken = _exif_timestamp(exif_from, follow=False) if exif_from is not None and reason is None else None
+    source = "exif"
+    if taken is None:
+        taken, source = name_timestamp(path.name), "name"
+    if taken is None and st is not None:
+        taken, source = _mtime(st), "mtime"
+    if taken is None:
+        return (f"{rel}: {reason}, and it has no time stamp in its name to place it in an interval; "
+                "not scored until it can be examined")
+    return Frame(path, rel, camera, taken, source, reason)
+
+
+def scan_inbox(inbox: str | Path, since: datetime | None = None, until: datetime | None = None) -> InboxScan:
+    """Image files under ``inbox`` captured in ``[since, until)``, and the run-level problems.
+
+    Frames are sorted by time then path. The camera id is the first folder under the inbox
+    (``unknown`` for files directly in it). Hidden files and folders (leading ``.``) are
+    ignored; folder symlinks are not followed (each is a warning); every image-named entry
+    that is not a folder is a frame, those that cannot be read with a ``reason`` (see the
+    module docstring). Nothing but regular files is opened, and only to read EXIF.
+
+    Raises:
+        MaskjobError: the inbox is not a folder, or cannot be listed at all.
+    """
+    inbox = Path(inbox)
+    if not inbox.is_dir():
+        raise MaskjobError(f"inbox {display_path(inbox)} is not a folder; pass --inbox DIR or set inbox_dir")
+    root = os.path.realpath(inbox)
+    since = to_naive_utc(since) if since else None
+    until = to_naive_utc(until) if until else None
+    frames: list[Frame] = []
+    warnings: list[str] = []
+    folders = [inbox]
+    while folders:
+        folder = folders.pop()
+        shown = display_path(folder.relative_to(inbox).as_posix())
+        entries, error = _list_folder(folder)
+        if error is not None:
+            why = os_error_reason(error, folder)[0].replace("the file", "the folder")
+            if folder == inbox and not entries:
+                raise MaskjobError(f"cannot list the inbox {display_path(inbox)}: {why}")
+            warnings.append(f"folder {shown} could not be listed ({why}); "
+                            + (f"only the {len(entries)} entries read before the error are scored"
+                               if entries else "none of its frames are scored until it can be read"))
+        subfolders: list[Path] = []
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_folder = False
+            if is_folder:
+                subfolders.append(path)
+                continue
+            if not is_image_name(entry.name):
+                if _links_to_folder(entry):
+                    warnings.append(f"folder symlink {display_path(path.relative_to(inbox).as_posix())} is not "
+                                    "followed; move or bind-mount its frames into the inbox to have them scored")
+                continue
+            try:
+                found = _frame(path, inbox, root)
+            except Exception as exc:  # noqa: BLE001 - one odd entry must not stop discovery
+                found = display_path(f"{path.relative_to(inbox).as_posix()}: could not be examined "
+                                     f"({type(exc).__name__}: {exc}); not scored")
+            if isinstance(found, str):
+                warnings.append(found)
+            elif found is not None and not (since and found.captured_at < since) \
+                    and not (until and found.captured_at >= until):
+                frames.append(found)
+        folders.extend(reversed(subfolders))
+    for warning in warnings:
+        logger.warning("inbox: %s", warning)
+    frames.sort(key=lambda f: (f.captured_at, f.rel_path))
+    return InboxScan(frames, warnings)
 
 
 def discover_frames(
     inbox: str | Path, since: datetime | None = None, until: datetime | None = None
 ) -> list[Frame]:
-    """Image files under ``inbox`` captured in ``[since, until)``, sorted by time then path.
-
-    The camera id is the first folder under the inbox (``unknown`` for files directly in
-    it). Hidden files and folders (leading ``.``) are ignored; folder symlinks are not
-    followed; file symlinks are listed (scoring refuses those that leave the inbox).
+    """The frames of :func:`scan_inbox` (its warnings are logged).
 
     Raises:
-        MaskjobError: the inbox is not a folder.
+        MaskjobError: the inbox is not a folder, or cannot be listed at all.
     """
-    inbox = Path(inbox)
-    if not inbox.is_dir():
-        raise MaskjobError(f"inbox {inbox} is not a folder; pass --inbox DIR or set inbox_dir")
-    root = inbox.resolve()
-    since = to_naive_utc(since) if since else None
-    until = to_naive_utc(until) if until else None
-    frames: list[Frame] = []
-    for dirpath, dirnames, filenames in os.walk(inbox):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith(".") or not is_image_name(name):
-                continue
-            path = Path(dirpath) / name
-            rel = path.relative_to(inbox)
-            found = capture_time(path, follow=_inside(path, root))
-            if found is None:
-                logger.warning("%s vanished while listing the inbox; not scored", rel.as_posix())
-                continue
-            captured_at, source = found
-            if (since and captured_at < since) or (until and captured_at >= until):
-                continue
-            camera = rel.parts[0] if len(rel.parts) > 1 else ROOT_CAMERA_ID
-            frames.append(Frame(path, rel.as_posix(), camera, captured_at, source))
-    frames.sort(key=lambda f: (f.captured_at, f.rel_path))
-    return frames
+    return scan_inbox(inbox, since, until).frames
 
 
 def shard_frames(frames: Sequence[Frame], index: int, count: int) -> list[Frame]:
@@ -185,29 +349,29 @@ def shard_frames(frames: Sequence[Frame], index: int, count: int) -> list[Frame]
 
 
 def decode_frame(frame: Frame, inbox_root: Path, max_pixels: int) -> DecodedFrame:
-    """Read and decode one frame; every failure becomes a ``reason`` instead of an error."""
+    """Read and decode one frame; every failure becomes a ``reason`` instead of an error.
+
+    A frame discovery already refused (``frame.reason``) is not touched. Otherwise the file
+    is read only if it resolves inside ``inbox_root`` and is a regular file (never blocking).
+    """
+    if frame.reason is not None:
+        return DecodedFrame(frame, None, None, frame.reason)
     try:
-        target = frame.path.resolve()
-    except OSError as exc:
-        return DecodedFrame(frame, None, None, f"cannot resolve path ({exc})")
-    if not target.is_relative_to(inbox_root):
-        return DecodedFrame(
-            frame, None, None, f"symlink points outside the inbox (to {target}); refused for safety"
-        )
+        return _decode_frame(frame, inbox_root, max_pixels)
+    except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the run
+        return DecodedFrame(frame, None, None, display_path(f"cannot read frame ({type(exc).__name__}: {exc})"))
+
+
+def _decode_frame(frame: Frame, inbox_root: Path, max_pixels: int) -> DecodedFrame:
     try:
-        with open(target, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return DecodedFrame(frame, None, None, "file vanished before it could be read")
-    except PermissionError:
-        return DecodedFrame(frame, None, None, "permission denied; make the file readable by the scorer")
-    except OSError as exc:
-        return DecodedFrame(frame, None, None, f"cannot read file ({exc.strerror or exc})")
+        data = read_file_inside(frame.path, inbox_root, max_file_bytes(max_pixels))
+    except ImageReadError as exc:
+        return DecodedFrame(frame, None, None, "file vanished before it could be read" if exc.missing else exc.reason)
     digest = sha256_bytes(data)
     try:
         rgb = read_rgb(frame.rel_path, max_pixels, data=data)
+    except ImageReadError as exc:
+        return DecodedFrame(frame, None, digest, exc.reason)
     except MaskjobError as exc:
         return DecodedFrame(frame, None, digest, str(exc).removeprefix(f"{frame.rel_path}: "))
-    except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the run
-        return DecodedFrame(frame, None, digest, f"decoder failed ({type(exc).__name__}: {exc})")
     return DecodedFrame(frame, rgb, digest, None)

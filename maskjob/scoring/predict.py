@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from maskjob import CLASSES
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
-from maskjob.imageio import read_rgb
+from maskjob.imageio import display_path, read_rgb
 from maskjob.scoring.annotate import draw_faces
 from maskjob.scoring.detectors import Detection, FaceDetector, create_detector
 from maskjob.scoring.faces import FaceClassifier, classify_isolating, face_row, failure_reason
@@ -55,6 +55,8 @@ def _looks_like_face_crop(rgb: np.ndarray) -> bool:
 
 
 def _annotated_path(annotate_dir: Path, source: Path, used: set[str]) -> Path:
+    # The copy's name is valid text even when the source's is not (its bad bytes as \xNN).
+    source = Path(display_path(source.name) or "image")
     name, n = source.name, 1
     while name in used:
         n += 1
@@ -99,17 +101,22 @@ def predict_files(
     results = []
     for raw in paths:
         path = Path(raw)
-        result: dict[str, Any] = {"path": str(path), "model": model_name, "mode": "unreadable", "width": None,
-                                  "height": None, "faces": [], "annotated": None, "error": None}
+        result: dict[str, Any] = {"path": display_path(path), "model": model_name, "mode": "unreadable",
+                                  "width": None, "height": None, "faces": [], "annotated": None, "error": None}
         results.append(result)
         try:
+            # Only regular files are opened; whatever the decoder raises is this file's error.
             rgb = read_rgb(path, settings.max_image_pixels)
         except MaskjobError as exc:
             result["error"] = str(exc)
             continue
-        result.update(_classify_file(rgb, detector, classifier))
+        try:
+            result.update(_classify_file(rgb, detector, classifier))
+        except Exception as exc:  # noqa: BLE001 - one file's failure is that file's result
+            result.update(mode="unreadable", faces=[], error=failure_reason(exc))
         if out_dir is not None and result["error"] is None:
-            result["annotated"] = str(_write_annotated(rgb, result["faces"], _annotated_path(out_dir, path, used)))
+            target = _annotated_path(out_dir, path, used)
+            result["annotated"] = display_path(_write_annotated(rgb, result["faces"], target))
     return results
 
 
