@@ -148,13 +148,23 @@ def _display(rgb: np.ndarray) -> np.ndarray:
 
 
 def _sample_paths(root: Path) -> list[tuple[str, str]]:
-    """The first ``SAMPLES_PER_CLASS`` test images of each class: the same faces for every model."""
+    """The first ``SAMPLES_PER_CLASS`` readable test images of each class: the same faces for
+    every model (a listed entry that is not a readable image is passed over)."""
     from maskjob.ml.dataset import scan_dataset
 
     index = scan_dataset(root)
     picked: list[tuple[str, str]] = []
     for label, name in enumerate(CLASSES):
-        picked += [(str(p), name) for p, y in index.splits["test"] if y == label][:SAMPLES_PER_CLASS]
+        found = 0
+        for path, y in index.splits["test"]:
+            if y != label or found == SAMPLES_PER_CLASS:
+                continue
+            try:
+                read_rgb(path)
+            except MaskjobError:
+                continue
+            picked.append((str(path), name))
+            found += 1
     return picked
 
 
