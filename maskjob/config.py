@@ -10,7 +10,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,7 +22,10 @@ from typing import Any, Callable, Mapping
 from maskjob.errors import MaskjobError
 from maskjob.vocab import DEFAULT_MAX_IMAGE_PIXELS, DETECTORS, TRANSFER_ARCHS
 
-__all__ = ["BOUNDS", "CHOICES", "CONFIG_ENV", "ENV_PREFIX", "Settings", "bounds_text", "load_settings"]
+__all__ = [
+    "BOUNDS", "CHOICES", "CONFIG_ENV", "ENV_PREFIX", "SecretFilter", "Settings", "bounds_text", "load_settings",
+    "redact", "register_secrets",
+]
 
 ENV_PREFIX = "MASKJOB_"
 CONFIG_ENV = "MASKJOB_CONFIG"
@@ -66,6 +72,7 @@ class Settings:
     gallery_cap: int = 24
 
     def __post_init__(self) -> None:
+        _check_types(self)
         data_dir = Path(self.data_dir).expanduser().resolve()
         object.__setattr__(self, "data_dir", data_dir)
         derived = {
@@ -141,42 +148,155 @@ def _field_types() -> dict[str, str]:
     return {f.name: str(f.type) for f in fields(Settings)}
 
 
-def _coerce(name: str, raw: Any, source: str) -> Any:
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+# Values of these settings are never echoed in messages (a database URL may hold a password).
+_SECRET_SETTINGS = frozenset({"database_url"})
+_EXPECTED = {
+    "int": "an int (a whole number such as 3)",
+    "float": "a finite number such as 0.5",
+    "bool": "true or false",
+    "str": "a string",
+    "Path": "a path (a string)",
+}
+
+
+def _kind(name: str) -> str:
     kind = _field_types()[name]
+    return "Path" if "Path" in kind else kind
+
+
+def _as_int(raw: Any) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and _INT_TEXT.fullmatch(raw.strip()):
+        return int(raw.strip())
+    raise ValueError(raw)
+
+
+def _as_float(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ValueError(raw)
+    value = float(raw.strip() if isinstance(raw, str) else raw)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return value
+
+
+def _as_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueError(raw)
+
+
+def _as_str(raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise ValueError(raw)
+
+
+def _as_path(raw: Any) -> Path:
+    if isinstance(raw, os.PathLike):
+        raw = os.fspath(raw)
+    if isinstance(raw, str) and raw.strip():
+        return Path(raw)
+    raise ValueError(raw)
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "int": _as_int, "float": _as_float, "bool": _as_bool, "str": _as_str, "Path": _as_path,
+}
+
+
+def _shown(name: str, raw: Any) -> str:
+    if name in _SECRET_SETTINGS:
+        return f"a {type(raw).__name__} (value not shown)"
+    text = repr(raw)
+    return f"{text if len(text) <= 80 else text[:77] + '...'} ({type(raw).__name__})"
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """``raw`` as setting ``name``'s type, strictly: an int refuses 3.7 and "3.7", a str or
+    path refuses numbers, lists and tables; strings (env variables) are parsed."""
+    kind = _kind(name)
     try:
-        if "Path" in kind:
-            return Path(str(raw))
-        if kind == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in {"1", "true", "yes", "on"}:
-                return True
-            if text in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(raw)
-        if kind == "int":
-            if isinstance(raw, bool):
-                raise ValueError(raw)
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        return str(raw)
-    except (TypeError, ValueError):
+        return _CONVERTERS[kind](raw)
+    except (TypeError, ValueError, OverflowError):
         raise MaskjobError(
-            f"bad setting {name}={raw!r} from {source}: expected {kind}. Fix the value and run again."
+            f"bad setting {name} from {source}: expected {_EXPECTED[kind]}, got {_shown(name, raw)}. "
+            "Fix the value and run again."
         ) from None
 
 
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "Path": lambda v: isinstance(v, os.PathLike) or (isinstance(v, str) and bool(v.strip())),
+}
+
+
+def _check_types(s: Settings) -> None:
+    """Every field has its declared type (catches ``Settings(...)``/``replace`` with raw values);
+    a path field may be a str, and a derived one ``None``."""
+    types = _field_types()
+    for name, declared in types.items():
+        value, kind = getattr(s, name), _kind(name)
+        if value is None and "None" in declared:
+            continue
+        if not _TYPE_CHECKS[kind](value):
+            raise MaskjobError(f"bad setting {name}: expected {_EXPECTED[kind]}, got {_shown(name, value)}. "
+                               "Fix it in your config file, MASKJOB_* variable or flag.")
+
+
+def _settings_table(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The settings in a parsed TOML file: all under ``[maskjob]`` or all at the top level."""
+    if "maskjob" in data:
+        table = data["maskjob"]
+        if not isinstance(table, dict):
+            raise MaskjobError(f"config file {path}: 'maskjob' must be a table ([maskjob]) of settings, "
+                               f"got {_shown('maskjob', table)}.")
+        others = sorted(k for k in data if k != "maskjob")
+        if others:
+            raise MaskjobError(
+                f"config file {path} has settings under [maskjob] and also {others} outside it; "
+                "put them all under [maskjob] or all at the top level."
+            )
+        return table
+    known = _field_types()  # a table named like a setting is that setting's (wrong-typed) value
+    tables = sorted(k for k, v in data.items() if isinstance(v, dict) and k not in known)
+    if tables:
+        raise MaskjobError(
+            f"config file {path} has tables {['[' + t + ']' for t in tables]}; the only table maskjob reads "
+            "is [maskjob]: put the settings all under [maskjob] or all at the top level."
+        )
+    return data
+
+
 def _read_file(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise MaskjobError(f"config file {path} is a directory, not a TOML file. Pass the path of a .toml file.")
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise MaskjobError(f"config file {path} does not exist. Pass an existing TOML file or unset {CONFIG_ENV}.") from None
+    except OSError as exc:
+        raise MaskjobError(f"config file {path} cannot be read ({exc.strerror or type(exc).__name__}). "
+                           "Check the path and its permissions.") from None
+    except UnicodeDecodeError:
+        raise MaskjobError(f"config file {path} is not UTF-8 text, so not TOML. Pass a TOML file.") from None
     except tomllib.TOMLDecodeError as exc:
         raise MaskjobError(f"config file {path} is not valid TOML ({exc}). Fix its syntax.") from None
-    table = data.get("maskjob", data)
+    table = _settings_table(path, data)
     known = _field_types()
     unknown = sorted(set(table) - set(known))
     if unknown:
@@ -219,6 +339,47 @@ def load_settings(
             raise MaskjobError(f"unknown setting {name!r}")
         values[name] = _coerce(name, value, "command line")
     return Settings(**values)
+
+
+# --- secrets kept out of log output ---------------------------------------------------------
+# Here (not in storage.database) so the CLI can install the filter without importing SQLAlchemy.
+
+_SECRETS: set[str] = set()
+_REDACTED = "***"
+
+
+def register_secrets(values: Any) -> None:
+    """Remember strings (a database password, connection extras) that no log line may show."""
+    _SECRETS.update(v for v in values if isinstance(v, str) and v)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***`` (longest first)."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """A handler filter that redacts registered secrets from each record's message and traceback.
+
+    Libraries' own debug lines (psycopg, SQLAlchemy's pool) can echo a server's error, which
+    may quote a connection extra; put this filter on every handler that writes records out.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _SECRETS:
+            return True
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:

@@ -10,8 +10,11 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import reprlib
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,14 +25,25 @@ from torch import nn
 from maskjob import CLASSES
 from maskjob.errors import MaskjobError
 from maskjob.ml.loaders import normalize, resize_rgb
-from maskjob.ml.models import ARCHS, create_model
+from maskjob.ml.models import create_model
+from maskjob.vocab import ARCHS as ARCH_NAMES
+from maskjob.vocab import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
-__all__ = ["REQUIRED_META", "Classifier", "load_checkpoint", "load_classifier", "save_checkpoint", "state_digest"]
+__all__ = [
+    "REQUIRED_META", "Classifier", "ValidCheckpoint", "load_checkpoint", "load_classifier", "save_checkpoint",
+    "state_digest", "validate_checkpoint",
+]
 
 REQUIRED_META: tuple[str, ...] = (
     "arch", "classes", "image_size", "mean", "std", "dataset_fingerprint", "metrics",
     "val_macro_f1", "seed", "history", "created_at", "maskjob_version", "pretrained_weights",
 )
+RETRAIN = "retrain it with `maskjob train`"
+# model_versions.dataset_fingerprint is a String(64) column (a sha256 in hex).
+MAX_FINGERPRINT_CHARS = 64
+# JSON-like metadata (metrics, history) deeper than this is refused rather than walked.
+MAX_META_DEPTH = 16
+_SHOWN_KEYS = 3
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -63,8 +77,216 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta:
     return path
 
 
+# --- validation ---------------------------------------------------------------------------
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 4, 40, 40
+
+
+def _show(value: Any) -> str:
+    """A short description of a (possibly huge or hostile) value for a message."""
+    text = _REPR.repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _bad(path: Path, field: str, expected: str, value: Any, *, got: str | None = None) -> MaskjobError:
+    return MaskjobError(f"checkpoint {path}: {field} must be {expected}, not {got or _show(value)}; {RETRAIN}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json_like(value: Any, depth: int = 0) -> bool:
+    """Plain JSON data: str-keyed dicts, lists/tuples, str, int, float, bool, None."""
+    if depth > MAX_META_DEPTH:
+        return False
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_like(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_json_like(v, depth + 1) for v in value)
+    return False
+
+
+def _is_iso_time(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_state(path: Path, state: Any) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict):
+        raise _bad(path, "state_dict", "a dict of parameter name -> tensor", state)
+    for name, tensor in state.items():
+        if not isinstance(name, str):
+            raise _bad(path, "state_dict", "keyed by parameter names (str)", name)
+        if not isinstance(tensor, torch.Tensor):
+            raise _bad(path, f"state_dict[{name[:80]!r}]", "a torch.Tensor", tensor)
+        if tensor.layout != torch.strided or tensor.is_quantized:
+            raise _bad(path, f"state_dict[{name[:80]!r}]", "a dense (strided, not quantized) tensor", None,
+                       got=f"a {tensor.layout} {tensor.dtype} tensor")
+    return state
+
+
+def _check_triple(path: Path, meta: dict[str, Any], field: str, positive: bool) -> None:
+    value = meta[field]
+    expected = "three finite numbers" + (" > 0" if positive else "")
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_is_real(v) for v in value):
+        raise _bad(path, f"meta {field!r}", expected, value)
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in value):
+        raise _bad(path, f"meta {field!r}", expected, value)
+
+
+def _check_meta(path: Path, meta: Any) -> dict[str, Any]:
+    if not isinstance(meta, dict):
+        raise _bad(path, "meta", "a dict", meta)
+    missing = [k for k in (*REQUIRED_META, "state_sha256") if k not in meta]
+    if missing:
+        raise MaskjobError(f"checkpoint {path} lacks meta keys {missing}; {RETRAIN}")
+    arch = meta["arch"]
+    if not isinstance(arch, str) or arch not in ARCH_NAMES:
+        raise _bad(path, "meta 'arch'", f"one of {list(ARCH_NAMES)}", arch)
+    classes = meta["classes"]
+    if not isinstance(classes, (list, tuple)) or list(classes) != list(CLASSES):
+        raise _bad(path, "meta 'classes'", f"exactly {list(CLASSES)}", classes)
+    size = meta["image_size"]
+    if not _is_int(size) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise _bad(path, "meta 'image_size'", f"an int from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}", size)
+    _check_triple(path, meta, "mean", positive=False)
+    _check_triple(path, meta, "std", positive=True)
+    if not isinstance(meta["metrics"], dict) or not _json_like(meta["metrics"]):
+        raise _bad(path, "meta 'metrics'", "a dict of plain JSON values (the test metrics)", meta["metrics"])
+    history = meta["history"]
+    if not isinstance(history, (list, tuple)) or not all(isinstance(e, dict) for e in history) \
+            or not _json_like(history):
+        raise _bad(path, "meta 'history'", "a list of per-epoch dicts of plain JSON values", history)
+    fingerprint = meta["dataset_fingerprint"]
+    if not isinstance(fingerprint, str) or len(fingerprint) > MAX_FINGERPRINT_CHARS:
+        raise _bad(path, "meta 'dataset_fingerprint'", f"a str of at most {MAX_FINGERPRINT_CHARS} characters",
+                   fingerprint)
+    if not _is_real(meta["val_macro_f1"]):
+        raise _bad(path, "meta 'val_macro_f1'", "a number", meta["val_macro_f1"])
+    if not _is_int(meta["seed"]):
+        raise _bad(path, "meta 'seed'", "an int", meta["seed"])
+    if not _is_iso_time(meta["created_at"]):
+        raise _bad(path, "meta 'created_at'", "an ISO 8601 time (str)", meta["created_at"])
+    if not isinstance(meta["maskjob_version"], str):
+        raise _bad(path, "meta 'maskjob_version'", "a str", meta["maskjob_version"])
+    weights = meta["pretrained_weights"]
+    if weights is not None and (not isinstance(weights, dict) or not _json_like(weights)):
+        raise _bad(path, "meta 'pretrained_weights'", "None or a dict of plain JSON values", weights)
+    if "diverged" in meta and not isinstance(meta["diverged"], bool):
+        raise _bad(path, "meta 'diverged'", "true or false", meta["diverged"])
+    if not isinstance(meta["state_sha256"], str):
+        raise _bad(path, "meta 'state_sha256'", "a sha256 in hex (str)", meta["state_sha256"])
+    return meta
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names[:_SHOWN_KEYS]) + (f", ... ({len(names)} in all)" if len(names) > _SHOWN_KEYS else "")
+
+
+def _check_architecture(path: Path, state: dict[str, torch.Tensor], arch: str) -> nn.Module:
+    """Build ``arch`` (no pretrained weights), compare every key and shape, load the weights."""
+    model = create_model(arch, pretrained=False)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {list(state[k].shape)} {state[k].dtype} vs {list(v.shape)} {v.dtype}" for k, v in expected.items()
+        if k in state and (state[k].shape != v.shape or state[k].is_floating_point() != v.is_floating_point())
+    ]
+    problems = [f"{len(names)} {what} ({_names([n[:120] for n in names])})"
+                for what, names in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+                if names]
+    if problems:
+        raise MaskjobError(f"checkpoint {path}: state_dict does not fit architecture {arch!r}: "
+                           f"{'; '.join(problems)} keys; {RETRAIN}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise MaskjobError(f"checkpoint {path} does not fit architecture {arch}: {str(exc)[:300]}") from None
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class ValidCheckpoint:
+    """A checkpoint that passed :func:`validate_checkpoint`: its weights, meta and built model (eval mode)."""
+
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    model: nn.Module
+
+
+def validate_checkpoint(path: str | Path, payload: Any) -> ValidCheckpoint:
+    """Check a loaded checkpoint field by field before anything uses it.
+
+    The one validation behind :func:`load_checkpoint`, :func:`load_classifier` (hence
+    evaluation and scoring) and registration: ``state_dict`` a dict of str -> dense tensor,
+    ``meta`` a dict with every :data:`REQUIRED_META` key of the right type (``arch`` one of
+    ``vocab.ARCHS``, ``classes`` exactly ``CLASSES``, ``image_size`` an int within
+    ``MIN_IMAGE_SIZE..MAX_IMAGE_SIZE``, ``mean``/``std`` three finite numbers, std > 0,
+    ``metrics`` a dict, ...), the weights digest unchanged, and the keys and shapes equal to
+    those of the architecture the factory builds.
+
+    Args:
+        path: the file the payload came from (named in every message).
+        payload: what ``torch.load(path, weights_only=True)`` returned.
+
+    Returns:
+        The weights, the meta and the model built from them.
+
+    Raises:
+        MaskjobError: naming the file, the field and what was expected.
+    """
+    path = Path(path)
+    if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
+        raise MaskjobError(f"checkpoint {path} is not a maskjob checkpoint (expected keys 'state_dict' and 'meta')")
+    state = _check_state(path, payload["state_dict"])
+    meta = _check_meta(path, payload["meta"])
+    try:
+        digest = state_digest(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise _bad(path, "state_dict", "tensors whose bytes can be read", None,
+                   got=f"unreadable ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]})") from None
+    if digest != meta["state_sha256"]:
+        raise MaskjobError(f"checkpoint {path} has been modified since it was saved (weights digest mismatch)")
+    return ValidCheckpoint(state, meta, _check_architecture(path, state, meta["arch"]))
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise MaskjobError(f"checkpoint {path} does not exist; train one with `maskjob train`")
+    try:
+        # weights_only: tensors and plain containers only; a pickle that would run code is refused.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types (KeyError, RuntimeError, ...) on damaged files
+        lines = str(exc).strip().splitlines()
+        first_line = lines[0][:200] if lines else type(exc).__name__
+        raise MaskjobError(
+            f"checkpoint {path} is truncated, corrupt or not a maskjob checkpoint ({first_line}); {RETRAIN}"
+        ) from None
+
+
+def _load_valid(path: str | Path) -> ValidCheckpoint:
+    path = Path(path)
+    return validate_checkpoint(path, _read(path))
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify a checkpoint.
+    """Read and verify a checkpoint (:func:`validate_checkpoint`).
 
     Args:
         path: the ``.pt`` file.
@@ -73,41 +295,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         ``(state_dict, meta)``.
 
     Raises:
-        MaskjobError: missing, truncated, tampered, not a maskjob checkpoint, or missing keys.
+        MaskjobError: missing, truncated, tampered, not a maskjob checkpoint, a meta field of
+            the wrong type or value, or weights that do not fit the architecture.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MaskjobError(f"checkpoint {path} does not exist; train one with `maskjob train`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types (KeyError, RuntimeError, ...) on damaged files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MaskjobError(
-            f"checkpoint {path} is truncated, corrupt or not a maskjob checkpoint ({first_line}); "
-            "retrain it with `maskjob train`"
-        ) from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict) or not isinstance(payload.get("meta"), dict):
-        raise MaskjobError(f"checkpoint {path} is not a maskjob checkpoint (expected keys 'state_dict' and 'meta')")
-    meta, state = payload["meta"], payload["state_dict"]
-    missing = [k for k in (*REQUIRED_META, "state_sha256") if k not in meta]
-    if missing:
-        raise MaskjobError(f"checkpoint {path} lacks meta keys {missing}; retrain it with `maskjob train`")
-    if meta["arch"] not in ARCHS:
-        raise MaskjobError(f"checkpoint {path} has unknown architecture {meta['arch']!r}; known: {sorted(ARCHS)}")
-    if tuple(meta["classes"]) != CLASSES:
-        raise MaskjobError(f"checkpoint {path} predicts classes {meta['classes']}, not {list(CLASSES)}")
-    if state_digest(state) != meta["state_sha256"]:
-        raise MaskjobError(f"checkpoint {path} has been modified since it was saved (weights digest mismatch)")
-    return state, meta
-
-
-def _build(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
-    model = create_model(meta["arch"], pretrained=False)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise MaskjobError(f"checkpoint {path} does not fit architecture {meta['arch']}: {str(exc)[:300]}") from None
-    return model.eval()
+    valid = _load_valid(path)
+    return valid.state_dict, valid.meta
 
 
 @dataclass
@@ -164,7 +356,7 @@ def load_classifier(path: str | Path) -> Classifier:
         The classifier.
 
     Raises:
-        MaskjobError: see :func:`load_checkpoint`.
+        MaskjobError: see :func:`validate_checkpoint`.
     """
-    state, meta = load_checkpoint(path)
-    return Classifier(model=_build(Path(path), state, meta), meta=meta)
+    valid = _load_valid(path)
+    return Classifier(model=valid.model, meta=valid.meta)

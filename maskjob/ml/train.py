@@ -36,7 +36,7 @@ from maskjob.ml.dataset import dataset_fingerprint, scan_dataset
 from maskjob.ml.evaluate import classification_metrics, predict_loader
 from maskjob.ml.loaders import Loaders, make_loaders
 from maskjob.ml.models import ARCHS, create_model, set_trainable
-from maskjob.vocab import MIN_IMAGE_SIZE
+from maskjob.vocab import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 __all__ = ["Phase", "TrainResult", "make_optimizer", "phases_for", "train_model", "train_one_epoch"]
 
@@ -226,6 +226,21 @@ def _fit(
     return best_state, history, best_epoch, diverged
 
 
+def _check_train_args(max_epochs: Any, image_size: Any) -> None:
+    """Refuse an epoch budget below 1 or an input size outside the supported range, before any work."""
+    if max_epochs is not None and (not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1):
+        raise MaskjobError(f"--epochs {max_epochs!r} is not a positive whole number; train for at least 1 epoch")
+    if image_size is None:
+        return
+    if not isinstance(image_size, int) or isinstance(image_size, bool):
+        raise MaskjobError(f"--image-size {image_size!r} is not a whole number of pixels; "
+                           f"use {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise MaskjobError(f"--image-size {image_size} is too small; use at least {MIN_IMAGE_SIZE} pixels")
+    if image_size > MAX_IMAGE_SIZE:
+        raise MaskjobError(f"--image-size {image_size} is too large; use at most {MAX_IMAGE_SIZE} pixels")
+
+
 def train_model(
     arch: str,
     data_root: str | Path,
@@ -254,8 +269,7 @@ def train_model(
         The checkpoint path and its meta (``meta["diverged"]`` is True when the loss went NaN/inf).
     """
     started = time.perf_counter()
-    if image_size is not None and image_size < MIN_IMAGE_SIZE:
-        raise MaskjobError(f"--image-size {image_size} is too small; use at least {MIN_IMAGE_SIZE} pixels")
+    _check_train_args(max_epochs, image_size)
     scan_dataset(data_root)
     _seed_everything(settings.seed)
     model = create_model(arch, pretrained=True, weights_path=weights_path, torch_home=settings.torch_home)

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,10 +20,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-import maskjob
+from maskjob.config import register_secrets
 from maskjob.errors import MaskjobError
+from maskjob.resources import migrations_dir
 
-__all__ = ["database", "engine_for", "make_engine", "open_database", "session", "upgrade", "downgrade", "current", "head_revision", "safe_url"]
+__all__ = [
+    "database", "engine_for", "make_engine", "open_database", "session", "upgrade", "downgrade", "current",
+    "head_revision", "parse_url", "safe_url", "scrub",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,31 +35,92 @@ logger = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-ALEMBIC_DIR = Path(maskjob.__file__).resolve().parents[1] / "alembic"
+URL_HELP = ("Use sqlite:///path/to/maskjob.db or postgresql+psycopg://user:password@host:5432/dbname "
+            "(setting database_url; URL-encode special characters in the password, e.g. @ as %40).")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,40}://")
+_MASK = "***"
+_EXTRA_PARTS = re.compile(r"[\s=,;:&]+")
+
+
+def _make_url(url: str | URL) -> URL:
+    """``sa.make_url`` that raises only ``ValueError`` (bad port, bad syntax, wrong type)."""
+    try:
+        return url if isinstance(url, URL) else sa.make_url(url)
+    except (sa.exc.ArgumentError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(type(exc).__name__) from None
 
 
 def safe_url(url: str | URL) -> str:
-    """The URL as text with any password masked, for messages and logs."""
+    """The URL as text for messages and logs: the password and every query value (connection
+    extras such as ``sslpassword``) masked; an unparseable URL shows only its scheme."""
     try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparseable URL>"
+        parsed = _make_url(url)
+    except ValueError:
+        scheme = _SCHEME.match(url) if isinstance(url, str) else None
+        return f"<unparseable {scheme.group(0) + ' ' if scheme else ''}URL, not shown>"
+    if parsed.host and "@" in parsed.host:  # an unencoded @ in the password: part of it parsed as host
+        parsed = parsed.set(host=parsed.host.rsplit("@", 1)[1], password=parsed.password or _MASK)
+    text = parsed.set(query={}).render_as_string(hide_password=True)
+    if parsed.query:
+        text += "?" + "&".join(f"{key}={_MASK}" for key in sorted(parsed.query))
+    return text
+
+
+def _secrets(url: str | URL) -> list[str]:
+    """The parts of ``url`` that must never be shown: password, query values (raw and parsed)."""
+    found: list[str] = []
+    try:
+        parsed = _make_url(url)
+    except ValueError:
+        parsed = None
+    if parsed is not None:
+        if parsed.password:
+            found.append(str(parsed.password))
+        if parsed.host and "@" in parsed.host:
+            found.append(parsed.host.rsplit("@", 1)[0])
+        for value in parsed.query.values():
+            for text in [value] if isinstance(value, str) else list(value):
+                # a server may echo one part of an extra (``options=-c key=VALUE``): each part too
+                found += [text, *(part for part in _EXTRA_PARTS.split(text) if len(part) >= 4)]
+    if isinstance(url, str):
+        match = re.match(r"[^:/]*://[^:/@]*:(.*)@", url)  # the raw (maybe encoded) password
+        if match:
+            found.append(match.group(1))
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str | URL) -> str:
+    """``text`` (e.g. a driver's error message) with every secret of ``url`` replaced by ``***``."""
+    for secret in _secrets(url):
+        text = text.replace(secret, _MASK)
+    return text
 
 
 def _parse_url(url: str | URL) -> URL:
+    # For log handlers with maskjob.config.SecretFilter (shorter strings would redact ordinary words).
+    register_secrets(s for s in _secrets(url) if len(s) >= 3)
     try:
-        parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
-        raise MaskjobError(
-            f"bad database URL {url!r}. Use sqlite:///path/to/maskjob.db or "
-            "postgresql+psycopg://user:password@host:5432/dbname (setting database_url)."
-        ) from None
+        parsed = _make_url(url)
+    except ValueError:
+        raise MaskjobError(f"bad database URL {safe_url(url)}: it cannot be parsed (the URL is not shown, "
+                           f"it may hold a password). {URL_HELP}") from None
+    if parsed.host and "@" in parsed.host:
+        raise MaskjobError(f"bad database URL {safe_url(parsed)}: its host contains '@'. {URL_HELP}")
     backend = parsed.get_backend_name()
     if backend not in {"sqlite", "postgresql"}:
         raise MaskjobError(f"database URL {safe_url(parsed)} uses {backend}; maskjob supports sqlite and postgresql.")
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the installed driver
     return parsed
+
+
+def parse_url(url: str | URL) -> URL:
+    """``url`` parsed and checked (sqlite or postgresql; ``postgresql://`` gets psycopg 3).
+
+    Raises:
+        MaskjobError: unparseable or unsupported URL; the message never shows the password.
+    """
+    return _parse_url(url)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -81,14 +147,21 @@ def make_engine(url: str | URL) -> Engine:
     ``postgresql://`` URLs use the psycopg 3 driver.
     """
     parsed = _parse_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed)
-        event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_on_begin)
-        return engine
-    return sa.create_engine(parsed, pool_pre_ping=True)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(parsed)
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
+            return engine
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    except OSError as exc:
+        raise MaskjobError(f"cannot create the folder for database {safe_url(parsed)} "
+                           f"({exc.strerror or type(exc).__name__}). Check database_url and permissions.") from None
+    except (sa.exc.ArgumentError, TypeError, ValueError) as exc:  # unknown driver, bad connect option
+        raise MaskjobError(f"cannot use database URL {safe_url(parsed)}: "
+                           f"{scrub(_first_line(exc), parsed)}. {URL_HELP}") from None
 
 
 @contextmanager
@@ -99,8 +172,14 @@ def session(engine: Engine) -> Iterator[Session]:
         yield s
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 def _unreachable(url: str | URL, exc: Exception) -> MaskjobError:
-    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    """The error for a database that cannot be reached or used; no password or extra in it."""
+    detail = scrub(_first_line(getattr(exc, "orig", None) or exc), url)
     return MaskjobError(
         f"cannot open database {safe_url(url)}: {detail}. Check the server is running and "
         "database_url (MASKJOB_DATABASE_URL) is right."
@@ -111,7 +190,8 @@ def _alembic_config(connection: Connection | None = None) -> Any:
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    # The migrations ship as package data (maskjob.migrations, alembic/ in the repository).
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["connection"] = connection
     return cfg
 
@@ -121,7 +201,7 @@ def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    assert head is not None, f"no migrations under {ALEMBIC_DIR}"
+    assert head is not None, f"no migrations under {migrations_dir()}"
     return head
 
 
@@ -133,10 +213,14 @@ def _run_migration(url: str | URL, action: str, rev: str) -> str | None:
         with engine_for(url) as engine, engine.begin() as conn:
             getattr(command, action)(_alembic_config(conn), rev)
     except CommandError as exc:
-        raise MaskjobError(f"cannot {action} database {safe_url(url)} to {rev!r}: {exc}. "
+        raise MaskjobError(f"cannot {action} database {safe_url(url)} to {rev!r}: {scrub(str(exc), url)}. "
                            "Use a revision from `maskjob db current` / alembic/versions, or 'head'/'base'.") from None
-    except sa.exc.OperationalError as exc:
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise _unreachable(url, exc) from None
+    except sa.exc.DBAPIError as exc:  # e.g. a bad connection option, or a migration statement refused
+        detail = scrub(_first_line(getattr(exc, "orig", None) or exc), url)
+        raise MaskjobError(f"cannot {action} database {safe_url(url)}: {detail}. "
+                           "Check database_url (MASKJOB_DATABASE_URL) and the database's state.") from None
     return current(url)
 
 
@@ -165,7 +249,7 @@ def current(url: str | URL) -> str | None:
     try:
         with engine_for(url) as engine, engine.connect() as conn:
             return _current(conn)
-    except sa.exc.OperationalError as exc:
+    except sa.exc.DBAPIError as exc:
         raise _unreachable(url, exc) from None
 
 
@@ -180,7 +264,7 @@ def open_database(url: str | URL) -> Engine:
     try:
         with engine.connect() as conn:
             rev = _current(conn)
-    except sa.exc.OperationalError as exc:
+    except sa.exc.DBAPIError as exc:
         engine.dispose()
         raise _unreachable(url, exc) from None
     head = head_revision()

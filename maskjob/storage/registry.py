@@ -4,8 +4,9 @@ Promotion rules (``decide``), applied to every candidate and the champion evalua
 same held-out test split:
 
 1. A candidate that diverged in training, produced NaN/inf outputs, could not be evaluated
-   (checkpoint missing, changed, or unreadable), has macro-F1 below ``min_macro_f1``, or any
-   class recall below ``min_class_recall`` is rejected.
+   (checkpoint missing, changed, unreadable or invalid, or its evaluation raised), has
+   macro-F1 below ``min_macro_f1``, or any class recall below ``min_class_recall`` is
+   rejected, with the reason stored; it never blocks the decision on the other candidates.
 2. Of the rest, the best macro-F1 (ties: the later registered) is promoted when there is no
    usable champion, or when it beats the champion's macro-F1 by MORE than
    ``promotion_margin``; the champion then becomes ``retired``.
@@ -108,7 +109,7 @@ def _finite(value: Any) -> float | None:
 def _created_at(meta: Mapping[str, Any], path: Path) -> datetime:
     try:
         moment = datetime.fromisoformat(str(meta["created_at"]))
-    except ValueError:
+    except (TypeError, ValueError):
         raise MaskjobError(f"checkpoint {path} has created_at {meta['created_at']!r}, not an ISO time; "
                            "retrain it with `maskjob train`") from None
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
@@ -130,22 +131,30 @@ def _diverged(meta: Mapping[str, Any]) -> bool:
 def register(engine: Engine, ckpt_path: str | Path) -> ModelVersion:
     """Record a trained checkpoint as a ``candidate`` version.
 
-    Registering the same file content again (same sha256) returns the existing row.
+    The checkpoint passes the same validation as evaluation and scoring
+    (:func:`maskjob.ml.checkpoint.validate_checkpoint`) before any row is written, so a
+    checkpoint that promotion or scoring would refuse is never registered. Registering the
+    same file content again (same sha256) returns the existing row.
 
     Raises:
-        MaskjobError: missing, corrupt or tampered checkpoint.
+        MaskjobError: missing, unreadable, corrupt or tampered checkpoint, a meta field of the
+            wrong type, or weights that do not fit the architecture.
     """
     from maskjob.ml.checkpoint import load_checkpoint
 
     path = Path(ckpt_path).expanduser().resolve()
     if not path.is_file():
         raise MaskjobError(f"checkpoint {path} does not exist; train one with `maskjob train` or fix the path")
-    sha = sha256_file(path)
+    try:
+        sha = sha256_file(path)
+    except OSError as exc:
+        raise MaskjobError(f"checkpoint {path} cannot be read ({exc.strerror or type(exc).__name__}); "
+                           "check its permissions") from None
     existing = _by_sha(engine, sha)
     if existing is not None:
         logger.info("checkpoint %s is already registered as %s", path, existing.version)
         return existing
-    _, meta = load_checkpoint(path)
+    _, meta = load_checkpoint(path)  # the full validation, before any row is written
     created_at = _created_at(meta, path)
     metrics = json_safe({k: v for k, v in (meta.get("metrics") or {}).items() if k != "predictions"})
     row = ModelVersion(
@@ -257,24 +266,44 @@ def decide(candidates: Sequence[Scored], current: Scored | None, settings: Setti
     return ordered + ([retired] if retired else [])
 
 
+def _recalls(metrics: Mapping[str, Any]) -> dict[str, float]:
+    per_class = metrics.get("per_class")
+    if not isinstance(per_class, Mapping):
+        return {}
+    entries = {name: per_class.get(name) for name in CLASSES}
+    return {name: r for name, entry in entries.items()
+            if isinstance(entry, Mapping) and (r := _finite(entry.get("recall"))) is not None}
+
+
 def _scored(mv: ModelVersion, metrics: Mapping[str, Any], **extra: Any) -> Scored:
-    per_class = metrics.get("per_class") or {}
-    recall = {name: r for name in CLASSES if (r := _finite((per_class.get(name) or {}).get("recall"))) is not None}
+    recall = _recalls(metrics)
     macro_f1 = _finite(metrics.get("macro_f1"))
     return Scored(mv.id, mv.version, macro_f1, recall, finite=not _metrics_nonfinite(metrics),
                   diverged=mv.diverged, **extra)
 
 
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
+
+
 def _evaluate(mv: ModelVersion, evaluate: Evaluator) -> tuple[Mapping[str, Any] | None, str | None]:
+    """``(metrics, None)``, or ``(None, why)``: one bad model never stops promotion deciding the others."""
     path = Path(mv.checkpoint_path)
-    if not path.is_file():
-        return None, f"checkpoint file {path} is missing"
-    if sha256_file(path) != mv.checkpoint_sha256:
-        return None, f"checkpoint file {path} changed since registration (sha256 mismatch)"
     try:
-        return evaluate(path), None
+        if not path.is_file():
+            return None, f"checkpoint file {path} is missing"
+        if sha256_file(path) != mv.checkpoint_sha256:
+            return None, f"checkpoint file {path} changed since registration (sha256 mismatch)"
+        metrics = evaluate(path)
     except MaskjobError as exc:
         return None, str(exc)
+    except Exception as exc:  # an evaluation that crashes rejects that model only, with its reason
+        logger.warning("evaluating %s (%s) failed", mv.version, path, exc_info=True)
+        return None, f"evaluating checkpoint {path} failed ({_first_line(exc)})"
+    if not isinstance(metrics, Mapping):
+        return None, f"evaluating checkpoint {path} returned {type(metrics).__name__}, not a metrics mapping"
+    return metrics, None
 
 
 def _score_candidate(mv: ModelVersion, evaluate: Evaluator) -> Scored:
@@ -290,7 +319,7 @@ def _score_champion(mv: ModelVersion, evaluate: Evaluator) -> Scored:
         return _scored(mv, metrics)
     logger.warning("champion %s cannot be re-evaluated (%s); comparing on its stored test metrics",
                    mv.version, problem)
-    stored = {**mv.metrics, "macro_f1": mv.test_macro_f1}
+    stored = {**(mv.metrics if isinstance(mv.metrics, Mapping) else {}), "macro_f1": mv.test_macro_f1}
     return _scored(mv, stored, note=f"not re-evaluated: {problem}; compared on its stored test metrics")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -29,19 +30,40 @@ def metrics(macro_f1: float, recall: float = 0.9, finite: bool = True, **recalls
             "predictions": [{"path": "x.jpg", "true": "with_mask", "pred": "with_mask", "probs": [1, 0, 0]}]}
 
 
-def make_ckpt(path: Path, test: dict[str, Any], *, arch: str = "cnn", seed: int = 0,
-              created_at: str = "2026-11-24T03:00:00+00:00", diverged: bool = False) -> Path:
+@functools.lru_cache(maxsize=None)
+def untrained_state(arch: str = "cnn") -> dict[str, Any]:
+    """The weights of an untrained ``arch`` (fixed seed): registration checks keys and shapes."""
     import torch
 
-    from maskjob.ml.checkpoint import save_checkpoint
+    from maskjob.ml.models import create_model
 
-    meta = {
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return {k: v.clone() for k, v in create_model(arch, pretrained=False).state_dict().items()}
+
+
+def ckpt_meta(test: dict[str, Any], *, seed: int = 0, created_at: str = "2026-11-24T03:00:00+00:00",
+              diverged: bool = False, arch: str = "cnn") -> dict[str, Any]:
+    return {
         "arch": arch, "classes": list(CLASSES), "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3,
         "dataset_fingerprint": "f" * 64, "metrics": test, "val_macro_f1": test["macro_f1"], "seed": seed,
         "history": [{"epoch": 1, "train_loss": float("nan") if diverged else 0.5, "val_loss": 0.6}],
         "created_at": created_at, "maskjob_version": "0.1.0", "pretrained_weights": None,
     }
-    return save_checkpoint(path, {"w": torch.full((2,), float(seed))}, meta)
+
+
+def make_ckpt(path: Path, test: dict[str, Any], *, arch: str = "cnn", seed: int = 0,
+              created_at: str = "2026-11-24T03:00:00+00:00", diverged: bool = False) -> Path:
+    """A valid checkpoint of an untrained ``arch``; ``seed`` changes its head bias (and so its sha256)."""
+    import torch
+
+    from maskjob.ml.checkpoint import save_checkpoint
+
+    state = dict(untrained_state(arch))
+    head = [k for k in state if k.endswith(".bias")][-1]
+    state[head] = torch.full_like(state[head], float(seed))
+    meta = ckpt_meta(test, seed=seed, created_at=created_at, diverged=diverged, arch=arch)
+    return save_checkpoint(path, state, meta)
 
 
 def scored(vid: int, f1: float | None, recall: float = 0.9, **kw: Any) -> Scored:
