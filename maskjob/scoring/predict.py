@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import sqlalchemy as sa
 
 from maskjob import CLASSES
 from maskjob.config import Settings
@@ -33,10 +32,10 @@ WHOLE_IMAGE_MAX_ASPECT = 2.0
 
 
 def _champion_classifier(settings: Settings) -> tuple[Any, str]:
-    from maskjob.storage.database import database
+    from maskjob.storage.database import database, parse_url
     from maskjob.storage.registry import champion
 
-    url = sa.make_url(settings.database_url)
+    url = parse_url(settings.database_url)
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
         raise MaskjobError(
             f"no database at {url.database} to find the champion model in; "
