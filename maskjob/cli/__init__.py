@@ -10,6 +10,7 @@ import sys
 from typing import Sequence
 
 from maskjob import __version__
+from maskjob.cli.console import configure_logging, restore_logging
 from maskjob.config import Settings, load_settings
 from maskjob.errors import MaskjobError
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"maskjob {__version__}")
     parser.add_argument("--config", help="TOML settings file (default: $MASKJOB_CONFIG or ./maskjob.toml)")
     parser.add_argument("--data-dir", help="root for the dataset, inbox, models, database and reports")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbose(parser, default=0)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -48,7 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_commands(sub)
+    _add_verbose_below(parser)
     return parser
+
+
+VERBOSE_HELP = (
+    "show library logs on stderr: -v INFO (maskjob's progress, Alembic's migrations, Airflow's "
+    "task log), -vv DEBUG. Default: the answer on stdout, warnings and errors on stderr"
+)
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=default, help=VERBOSE_HELP)
+
+
+def _add_verbose_below(parser: argparse.ArgumentParser) -> None:
+    """``-v`` after any (sub)command too: ``maskjob run -v`` as ``maskjob -v run``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("-v" in a.option_strings for a in child._actions):
+                    _add_verbose(child, default=argparse.SUPPRESS)
+                _add_verbose_below(child)
 
 
 def settings_from_args(args: argparse.Namespace, **overrides: object) -> Settings:
@@ -60,10 +82,7 @@ def settings_from_args(args: argparse.Namespace, **overrides: object) -> Setting
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    saved = configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except MaskjobError as exc:
@@ -72,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("maskjob: interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore_logging(saved)
 
 
 if __name__ == "__main__":

@@ -43,30 +43,24 @@ def _db_current(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
     from maskjob.storage.registry import register
 
-    engine = open_database(_settings(args).database_url)
-    try:
+    with database(_settings(args).database_url) as engine:
         mv = register(engine, args.ckpt)
-    finally:
-        engine.dispose()
     print(f"{mv.version}: {mv.status} (test macro-F1 {mv.test_macro_f1}, {mv.checkpoint_path})")
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
     from maskjob.storage.registry import champion, promote
 
     settings = _settings(args, promotion_margin=args.margin)
     data_root = args.data or settings.dataset_root
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         result = promote(engine, data_root, settings)
         current = champion(engine)
-    finally:
-        engine.dispose()
     if not result.decisions:
         print("no candidates to evaluate")
     for d in result.decisions:
@@ -86,14 +80,11 @@ def _version_dict(mv: Any) -> dict[str, Any]:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
     from maskjob.storage.registry import list_versions
 
-    engine = open_database(_settings(args).database_url)
-    try:
+    with database(_settings(args).database_url) as engine:
         versions = [_version_dict(mv) for mv in list_versions(engine)]
-    finally:
-        engine.dispose()
     if args.json:
         print(json.dumps(versions, indent=2))
         return 0

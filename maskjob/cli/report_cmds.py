@@ -27,38 +27,32 @@ def parse_day_or_time(text: str) -> date | datetime:
 
 def _compliance(args: argparse.Namespace) -> int:
     from maskjob.reporting.compliance import render_compliance_report
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
 
     if args.model is not None:
         raise MaskjobError("--model applies to `maskjob report model`; add `model` after `report` or drop --model")
     if args.start is None:
         raise MaskjobError("`maskjob report` needs --from DATE (and optionally --to DATE), e.g. --from 2026-11-24")
     settings = settings_from_args(args)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         path = render_compliance_report(
             engine, settings, args.start, args.end or args.start, camera=args.camera,
             out_dir=Path(args.out) if args.out else None, blur=False if args.no_blur else None,
         )
-    finally:
-        engine.dispose()
     print(path)
     return 0
 
 
 def _model(args: argparse.Namespace) -> int:
     from maskjob.reporting.model_report import render_model_report
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
 
     for flag, value in (("--from", args.start), ("--to", args.end), ("--camera", args.camera)):
         if value is not None:
             raise MaskjobError(f"{flag} applies to the compliance report, not `maskjob report model`; drop it")
     settings = settings_from_args(args)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         path = render_model_report(engine, settings, version=args.model, out_dir=Path(args.out) if args.out else None)
-    finally:
-        engine.dispose()
     print(path)
     return 0
 

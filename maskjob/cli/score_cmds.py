@@ -40,18 +40,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def _score(args: argparse.Namespace) -> int:
     from maskjob.scoring.score import score
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
 
     settings = settings_from_args(args, **({"retry_unreadable": True} if args.retry_unreadable else {}))
     inbox = Path(args.inbox) if args.inbox else settings.inbox_dir
     if args.since and args.until and args.since >= args.until:
         raise MaskjobError(f"--since {args.since} is not before --until {args.until}; the interval is [since, until)")
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         summary = score(engine, settings, inbox, args.since, args.until, shard=args.shard,
                         model_version=args.model)
-    finally:
-        engine.dispose()
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:

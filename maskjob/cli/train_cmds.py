@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from maskjob.cli import settings_from_args
 from maskjob.errors import MaskjobError
 from maskjob.vocab import ARCHS, TRANSFER_ARCHS
 
 __all__ = ["add_commands"]
-
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -35,7 +35,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     print(f"checkpoint {result.checkpoint_path}")
     if meta["diverged"]:
-        print("WARNING: training diverged (NaN/inf loss); this checkpoint will not be promoted")
+        print("maskjob: warning: training diverged (NaN/inf loss); this checkpoint will not be promoted",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -88,9 +89,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--weights", help="pretrained ImageNet weights file for a transfer model (overrides the cache)")
     train.set_defaults(func=_train)
 
-    evaluate = subparsers.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
+    evaluate = subparsers.add_parser(
+        "evaluate", help="metrics of a checkpoint on a dataset split",
+        description="Score a labelled split with a checkpoint: accuracy, macro-F1, per-class "
+                    "precision/recall/F1 and the confusion matrix. Only the split scored must exist, "
+                    "so a folder of your own laid out as ROOT/test/<class>/<images> is enough.",
+    )
     evaluate.add_argument("--model", required=True, help="checkpoint file (.pt)")
-    evaluate.add_argument("--data", help="dataset root (default: settings.dataset_root)")
+    evaluate.add_argument("--data", metavar="ROOT",
+                          help="dataset root holding <split>/{with_mask,without_mask,partial_mask}/ "
+                               "(default: settings.dataset_root)")
     evaluate.add_argument("--split", default="test", choices=("test", "train"), help="split to score (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--predictions", action="store_true", help="include the per-image predictions")

@@ -1,6 +1,7 @@
 """The labelled dataset on disk: layout checks, a data-quality report and a content fingerprint.
 
-Layout: ``<root>/{train,test}/{with_mask,without_mask,partial_mask}/*.{jpg,png,...}``.
+Layout: ``<root>/{train,test}/{with_mask,without_mask,partial_mask}/*.{jpg,png,...}``; evaluation
+needs only the split it scores (``scan_dataset(root, splits=("test",))``).
 
 Example:
     >>> index = scan_dataset("data/dataset")            # doctest: +SKIP
@@ -11,14 +12,24 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from maskjob import CLASSES
 from maskjob.errors import MaskjobError
-from maskjob.imageio import is_image_name, read_rgb, sha256_bytes, sha256_file
+from maskjob.imageio import (
+    ImageReadError,
+    display_path,
+    is_image_name,
+    max_file_bytes,
+    read_file,
+    read_rgb,
+    sha256_bytes,
+    sha256_file,
+)
 
 __all__ = ["SPLITS", "DataCheck", "DatasetIndex", "check_dataset", "dataset_fingerprint", "scan_dataset"]
 
@@ -32,9 +43,48 @@ IMBALANCE_WARN_RATIO = 3.0
 Item = tuple[Path, int]
 
 
-def _layout_help(root: Path) -> str:
+def _layout_help(root: Path, splits: Sequence[str] = SPLITS) -> str:
     classes = ",".join(CLASSES)
-    return f"expected {root}/{{train,test}}/{{{classes}}}/<images: jpg, jpeg, png, bmp, webp>"
+    where = splits[0] if len(splits) == 1 else "{" + ",".join(splits) + "}"
+    return f"expected {root}/{where}/{{{classes}}}/<images: jpg, jpeg, png, bmp, webp>"
+
+
+def _missing_split(root: Path, split: str, splits: Sequence[str]) -> MaskjobError:
+    message = f"dataset {root} has no {split}/ folder; {_layout_help(root, splits)}"
+    here = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in CLASSES)
+    if here:
+        message += (f". {root} holds class folders ({', '.join(here)}) itself: move them into "
+                    f"{root / split}/, or pass a root whose {split}/ folder holds them")
+    return MaskjobError(message)
+
+
+def _class_images(class_dir: Path) -> list[Path]:
+    """The image-named entries of a class folder, sorted; hidden names and folders left out.
+
+    Entries that are not regular files (FIFOs, sockets, devices, dangling or looping links)
+    are listed too, never opened here: the readers refuse them without blocking, so
+    ``check_dataset`` reports each as unreadable and training skips it with a warning.
+
+    Raises:
+        MaskjobError: the folder cannot be listed.
+    """
+    try:
+        with os.scandir(class_dir) as it:
+            entries = list(it)
+    except OSError as exc:
+        raise MaskjobError(f"dataset class folder {display_path(class_dir)} cannot be listed "
+                           f"({exc.strerror or exc}); make it readable by the user maskjob runs as") from None
+    files = []
+    for entry in entries:
+        if entry.name.startswith(".") or not is_image_name(entry.name):
+            continue
+        try:
+            if entry.is_dir():  # a folder, or a link to one
+                continue
+        except OSError:
+            pass  # a link that cannot be followed: listed, and reported unreadable
+        files.append(Path(entry.path))
+    return sorted(files)
 
 
 @dataclass(frozen=True)
@@ -55,46 +105,50 @@ class DatasetIndex:
         return out
 
 
-def scan_dataset(root: str | Path) -> DatasetIndex:
+def scan_dataset(root: str | Path, splits: Sequence[str] = SPLITS) -> DatasetIndex:
     """List the dataset's images, checking the layout.
 
     Args:
         root: the dataset root.
+        splits: the splits that must be there and are listed (default: train and test);
+            ``("test",)`` accepts a folder that holds only ``test/`` (evaluation).
 
     Returns:
-        The index of both splits.
+        The index of those splits.
 
     Raises:
         MaskjobError: root missing, a split missing, an unknown class folder, or a class
             folder without images; the message shows the expected layout.
     """
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    unknown_splits = [s for s in splits if s not in SPLITS]
+    if unknown_splits or not splits:
+        raise MaskjobError(f"unknown split(s) {unknown_splits or list(splits)}; choose from {list(SPLITS)}")
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise MaskjobError(f"dataset root {root} does not exist or is not a directory; {_layout_help(root)}")
-    splits: dict[str, list[Item]] = {}
-    for split in SPLITS:
+        raise MaskjobError(f"dataset root {root} does not exist or is not a directory; {_layout_help(root, splits)}")
+    index: dict[str, list[Item]] = {}
+    for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
-            raise MaskjobError(f"dataset {root} has no {split}/ folder; {_layout_help(root)}")
+            raise _missing_split(root, split, splits)
         folders = {p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
         unknown = sorted(folders - set(CLASSES))
         if unknown:
             raise MaskjobError(
                 f"dataset {split_dir} has unknown class folders {unknown}; the classes are {list(CLASSES)}. "
-                f"Rename or move them; {_layout_help(root)}"
+                f"Rename or move them; {_layout_help(root, splits)}"
             )
         items: list[Item] = []
         for label, name in enumerate(CLASSES):
             class_dir = split_dir / name
-            files = sorted(
-                p for p in class_dir.glob("*") if p.is_file() and is_image_name(p) and not p.name.startswith(".")
-            ) if class_dir.is_dir() else []
+            files = _class_images(class_dir) if class_dir.is_dir() else []
             if not files:
                 state = "has no images" if class_dir.is_dir() else "is missing"
-                raise MaskjobError(f"dataset class folder {class_dir} {state}; {_layout_help(root)}")
+                raise MaskjobError(f"dataset class folder {class_dir} {state}; {_layout_help(root, splits)}")
             items.extend((p, label) for p in files)
-        splits[split] = items
-    return DatasetIndex(root=root, splits=splits)
+        index[split] = items
+    return DatasetIndex(root=root, splits=index)
 
 
 @dataclass
@@ -172,19 +226,21 @@ def check_dataset(root: str | Path, max_pixels: int) -> DataCheck:
     all_read = True
     for split, items in index.splits.items():
         for path, _ in items:
-            rel = path.relative_to(index.root).as_posix()
+            raw_rel = path.relative_to(index.root).as_posix()
+            rel = display_path(raw_rel)  # printable even when the name is not valid UTF-8
             try:
-                data = path.read_bytes()
-            except OSError as exc:
-                unreadable.append({"path": rel, "reason": f"cannot read file ({exc.strerror or exc})"})
+                data = read_file(path, max_file_bytes(max_pixels))  # regular files only, never blocking
+            except ImageReadError as exc:
+                unreadable.append({"path": rel, "reason": exc.reason})
                 all_read = False
                 continue
             digest = sha256_bytes(data)
-            content.append((rel, digest))
+            content.append((raw_rel, digest))
             try:
                 read_rgb(path, max_pixels, data=data)
             except MaskjobError as exc:
-                unreadable.append({"path": rel, "reason": _reason(exc, path)})
+                unreadable.append({"path": rel, "reason": exc.reason if isinstance(exc, ImageReadError)
+                                   else _reason(exc, path)})
                 continue
             by_hash[digest][split].append(rel)
     duplicates = [
@@ -212,15 +268,25 @@ def dataset_fingerprint(root: str | Path) -> str:
     """
     index = scan_dataset(root)
     return _fingerprint(
-        (path.relative_to(index.root).as_posix(), sha256_file(path))
+        (path.relative_to(index.root).as_posix(), _content_sha256(path))
         for items in index.splits.values()
         for path, _ in items
     )
 
 
+def _content_sha256(path: Path) -> str:
+    """The file's sha256, or a marker (with the reason) for a file that cannot be read, so a
+    fingerprint never fails or blocks (FIFOs are refused unread) and changes once it is readable."""
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+
+
 def _fingerprint(entries: Iterable[tuple[str, str]]) -> str:
-    """sha256 over sorted ``(relative path, content sha256)`` pairs."""
+    """sha256 over sorted ``(relative path, content sha256)`` pairs (names that are not valid
+    UTF-8 hash as their bytes)."""
     digest = hashlib.sha256()
     for rel, content in sorted(entries):
-        digest.update(f"{rel}\t{content}\n".encode())
+        digest.update(f"{rel}\t{content}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()

@@ -94,7 +94,7 @@ def evaluate_checkpoint(
 
     Args:
         ckpt_path: the checkpoint.
-        data_root: the dataset root.
+        data_root: the dataset root; only ``<data_root>/<split>/<class>/`` must exist.
         split: ``test`` or ``train``.
         settings: ``batch_size`` and ``max_image_pixels`` (default: loaded settings).
 
@@ -106,7 +106,7 @@ def evaluate_checkpoint(
         raise MaskjobError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     settings = settings or load_settings()
     classifier = load_classifier(ckpt_path)
-    index = scan_dataset(data_root)
+    index = scan_dataset(data_root, splits=(split,))  # only that split need be there
     items = index.splits[split]
     size = classifier.image_size
     chunk = max(settings.batch_size, 1) * 2

@@ -58,6 +58,45 @@ def test_wrong_layout_raises_with_expected_layout(synthetic_dataset, breakage, e
     assert "{train,test}/{with_mask,without_mask,partial_mask}" in str(info.value)
 
 
+def test_scan_of_one_split_needs_only_that_split(synthetic_dataset):
+    root = synthetic_dataset(n_train=2, n_test=3)
+    shutil.rmtree(root / "train")
+    index = scan_dataset(root, splits=("test",))
+    assert list(index.splits) == ["test"]
+    assert index.counts() == {"test": {name: 3 for name in CLASSES}}
+    assert scan_dataset(root, splits="test").splits == index.splits  # a bare name is one split
+    with pytest.raises(MaskjobError, match="no train/ folder") as info:
+        scan_dataset(root)  # both splits by default
+    assert "{train,test}/{with_mask,without_mask,partial_mask}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda root: shutil.rmtree(root / "test"), "no test/ folder"),
+        (lambda root: shutil.rmtree(root / "test" / "without_mask"), "without_mask is missing"),
+        (lambda root: (root / "test" / "masked").mkdir(), "unknown class folders ['masked']"),
+    ],
+    ids=["split-missing", "class-missing", "unknown-class"],
+)
+def test_scan_of_one_split_shows_that_splits_layout(synthetic_dataset, breakage, expected):
+    root = synthetic_dataset(n_train=2, n_test=2)
+    shutil.rmtree(root / "train")
+    breakage(root)
+    with pytest.raises(MaskjobError) as info:
+        scan_dataset(root, splits=("test",))
+    assert expected in str(info.value)
+    assert f"expected {root.resolve()}/test/{{with_mask,without_mask,partial_mask}}/" in str(info.value)
+
+
+def test_scan_hints_when_class_folders_sit_in_the_root(synthetic_dataset):
+    root = synthetic_dataset(n_train=2, n_test=2) / "test"
+    with pytest.raises(MaskjobError, match=r"holds class folders \(partial_mask, with_mask, without_mask\) itself"):
+        scan_dataset(root, splits=("test",))
+    with pytest.raises(MaskjobError, match="unknown split"):
+        scan_dataset(root, splits=("validation",))
+
+
 def _write(path, img: Image.Image, **kwargs) -> None:
     buf = io.BytesIO()
     img.save(buf, **kwargs)

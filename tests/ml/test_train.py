@@ -103,6 +103,23 @@ def test_evaluate_cli_json_and_table(trained, capsys):
     assert "macro-F1" in out and "partial_mask" in out
 
 
+def test_evaluate_needs_only_the_split_it_scores(trained, tmp_path, capsys):
+    import shutil
+
+    root, settings, result = trained
+    own = tmp_path / "own"
+    shutil.copytree(root / "test", own / "test")
+    report = evaluate_checkpoint(result.checkpoint_path, own, "test", settings)
+    full = evaluate_checkpoint(result.checkpoint_path, root, "test", settings)
+    assert report["n_images"] == 18
+    assert (report["accuracy"], report["macro_f1"], report["confusion_matrix"]) == (
+        full["accuracy"], full["macro_f1"], full["confusion_matrix"])
+    with pytest.raises(MaskjobError, match=r"has no train/ folder; expected .*/own/train/\{with_mask"):
+        evaluate_checkpoint(result.checkpoint_path, own, "train", settings)
+    assert main(["evaluate", "--model", str(result.checkpoint_path), "--data", str(own)]) == 0
+    assert capsys.readouterr().out.startswith("cnn on test: 18 images")
+
+
 def test_train_cli(trained, tmp_path, capsys, monkeypatch):
     root, _, _ = trained
     monkeypatch.setenv("MASKJOB_NUM_WORKERS", "0")
