@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from maskjob.config import SecretFilter
+
 __all__ = ["Console", "capture_output", "configure_logging", "console_handler", "level_for", "restore_logging"]
 
 # Loggers that drown the rest at the level asked for: the level they get instead, per verbosity.
@@ -66,6 +68,8 @@ def console_handler(verbosity: int, stream: TextIO | None = None) -> logging.Han
     handler: logging.Handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
     handler.setLevel(level_for(verbosity))
     handler.setFormatter(logging.Formatter(_FORMATS[min(verbosity, 1)]))
+    # Driver DEBUG lines (-vv) can repeat a server error that quotes a connection extra.
+    handler.addFilter(SecretFilter())
     handler._maskjob_console = True  # type: ignore[attr-defined]
     return handler
 
