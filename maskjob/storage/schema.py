@@ -7,6 +7,7 @@ compares the two). Times are naive UTC.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -19,7 +20,7 @@ from maskjob.vocab import IMAGE_STATUSES, MODEL_STATUSES, RUN_STATUSES
 
 __all__ = [
     "Base", "ModelVersion", "PromotionDecision", "ScoringRun", "Image", "Face", "VIEW_NAMES",
-    "face_predictions", "image_predictions", "daily_compliance",
+    "face_predictions", "image_predictions", "daily_compliance", "path_key", "raw_text_bytes",
 ]
 
 VIEW_NAMES = ("face_predictions", "image_predictions", "daily_compliance")
@@ -37,6 +38,28 @@ NAMING_CONVENTION = {
 
 def _in(column: str, values: Sequence[str]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def raw_text_bytes(text: str) -> bytes:
+    """``text`` as the bytes it stands for: UTF-8, with the lone surrogates Python uses for
+    undecodable file-name bytes turned back into those bytes (``os.fsencode`` on Linux)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "surrogatepass")
+
+
+def path_key(path: str) -> str:
+    """``images.path_key``: the sha256 (hex) of the path's bytes, ``sha256(path.encode())``
+    for any path that is valid UTF-8 (migration 0003 computes it that way in SQL)."""
+    return hashlib.sha256(raw_text_bytes(path)).hexdigest()
+
+
+def _path_key_default(context: Any) -> str:
+    return path_key(context.get_current_parameters()["path"])
 
 
 class Base(DeclarativeBase):
@@ -87,7 +110,12 @@ class PromotionDecision(Base):
 
 
 class ScoringRun(Base):
-    """One shard of one scoring interval."""
+    """One shard of one scoring interval.
+
+    A ``running`` row is a lease on its (model, shard, interval): its process refreshes
+    ``heartbeat_at`` (database clock, naive UTC) every few seconds, and another run may close
+    it as failed only once the heartbeat is older than ``lease_s`` seconds.
+    """
 
     __tablename__ = "scoring_runs"
     __table_args__ = (sa.CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
@@ -107,25 +135,37 @@ class ScoringRun(Base):
     n_skipped: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(sa.String(16), default="running")
     error: Mapped[str | None] = mapped_column(sa.Text)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    lease_s: Mapped[float | None] = mapped_column(sa.Float)
+    pid: Mapped[int | None]
+    hostname: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class Image(Base):
-    """One CCTV frame as scored by one model version (``path`` is relative to the inbox)."""
+    """One CCTV frame as scored by one model version (``path`` is relative to the inbox).
+
+    ``path`` and ``camera_id`` are TEXT: a path of any length is stored in full. The unique key
+    is ``(path_key, model_version_id)`` with ``path_key`` = :func:`path_key` (a PostgreSQL
+    btree entry holds at most 2704 bytes, a path can be longer); ``ix_images_path`` serves
+    lookups by path (a hash index on PostgreSQL, so of any length; a btree on SQLite).
+    """
 
     __tablename__ = "images"
     __table_args__ = (
-        UniqueConstraint("path", "model_version_id"),
+        UniqueConstraint("path_key", "model_version_id"),
         sa.CheckConstraint(_in("status", IMAGE_STATUSES), name="status"),
         Index("ix_images_captured_at", "captured_at"),
         Index("ix_images_camera_id_captured_at", "camera_id", "captured_at"),
-        # Serves the views' "latest scoring per path" window and lookups by path.
-        Index("ix_images_path_scored_at_id", "path", "scored_at", "id"),
+        # Serves the views' "latest scoring per path" window.
+        Index("ix_images_path_key_scored_at_id", "path_key", "scored_at", "id"),
+        Index("ix_images_path", "path", postgresql_using="hash"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(sa.String(1024))
+    path: Mapped[str] = mapped_column(sa.Text)
+    path_key: Mapped[str] = mapped_column(sa.String(64), default=_path_key_default)
     content_sha256: Mapped[str | None] = mapped_column(sa.String(64))
-    camera_id: Mapped[str] = mapped_column(sa.String(128))
+    camera_id: Mapped[str] = mapped_column(sa.Text)
     captured_at: Mapped[datetime] = mapped_column(sa.DateTime)
     width: Mapped[int | None]
     height: Mapped[int | None]
@@ -168,8 +208,9 @@ class Face(Base):
     image: Mapped[Image] = relationship(back_populates="faces")
 
 
-# The analysts' views, created by migration 0002. Declared here (outside Base.metadata, so
-# never created as tables) for typed Core queries: ``day`` reads as a date on both databases.
+# The analysts' views, created by migration 0002 (ranked per path_key since 0003). Declared
+# here (outside Base.metadata, so never created as tables) for typed Core queries: ``day``
+# reads as a date on both databases.
 _views = MetaData()
 
 

@@ -1,8 +1,20 @@
 """Batched, idempotent writes: ``INSERT ... ON CONFLICT DO NOTHING`` on both databases.
+
+One bad row never fails a batch. Every image row is first made storable on both databases
+(:func:`storable_image`): text columns hold any length, but PostgreSQL refuses NUL in text and
+neither database takes text that is not UTF-8 (file names with undecodable bytes), so those
+characters are written as ``\\xNN``; an over-long camera id is shortened; and the row's
+``reason`` says what was changed. If the database still refuses the batch because of one row
+(a value out of range, a broken constraint), the batch is retried row by row in savepoints and
+a row that still fails is stored as ``unreadable`` without faces, with the database's error as
+its reason. Errors that are not about a row (disk full, connection lost) still fail the batch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
 from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -10,9 +22,22 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 
-from maskjob.storage.schema import Base, Face, Image
+from maskjob.storage.schema import Base, Face, Image, path_key, raw_text_bytes
 
-__all__ = ["upsert_ignore", "insert_images_and_faces"]
+__all__ = [
+    "MAX_INDEXED_TEXT_BYTES", "MAX_REASON_CHARS", "insert_images_and_faces", "insert_scored_images", "path_key",
+    "storable_image", "storable_text", "upsert_ignore",
+]
+
+logger = logging.getLogger(__name__)
+
+# A PostgreSQL btree entry holds at most 2704 bytes; camera_id leads ix_images_camera_id_captured_at.
+# (A camera id is a folder name: at most 255 bytes on common file systems.)
+MAX_INDEXED_TEXT_BYTES = 2000
+# Reasons are for people and reports; a longer one (a huge exception text) is cut.
+MAX_REASON_CHARS = 4000
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def upsert_ignore(table: sa.Table | type[Base], rows: Sequence[Mapping[str, Any]],
@@ -37,29 +62,166 @@ def upsert_ignore(table: sa.Table | type[Base], rows: Sequence[Mapping[str, Any]
     return module.insert(target).values(list(rows)).on_conflict_do_nothing(index_elements=index_elements)
 
 
-def insert_images_and_faces(conn: Connection | Session, images: Sequence[Mapping[str, Any]]) -> int:
-    """Insert scored images and their faces; images already stored are left untouched.
+def storable_text(text: str) -> tuple[str, str | None]:
+    """``text`` as both databases store it, and what was changed (``None``: nothing).
+
+    NUL (PostgreSQL text refuses it) and bytes that are not UTF-8 (the lone surrogates Python
+    gives undecodable file-name bytes; no database driver encodes them) become ``\\xNN``:
+    ``"cam<NUL>/a.jpg"`` is stored as ``"cam\\x00/a.jpg"``, noting "1 NUL byte written as \\x00".
+    """
+    fixed = text
+    notes = []
+    nuls = fixed.count("\0")
+    if nuls:
+        notes.append(f"{nuls} NUL byte{'s' if nuls > 1 else ''} written as \\x00")
+        fixed = fixed.replace("\0", "\\x00")
+    try:
+        fixed.encode("utf-8")
+    except UnicodeEncodeError:
+        decoded = raw_text_bytes(fixed).decode("utf-8", "backslashreplace")
+        notes.append("bytes that are not UTF-8 written as \\xNN")
+        fixed = decoded
+    return fixed, "; ".join(notes) or None
+
+
+def _shorten(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, ending in ``~`` and 16 hex digits of
+    the whole value's sha256 (so distinct long values stay distinct)."""
+    tag = "~" + hashlib.sha256(raw_text_bytes(text)).hexdigest()[:16]
+    head = text.encode("utf-8")[: max_bytes - len(tag)].decode("utf-8", "ignore")
+    return head + tag
+
+
+def _cut_reason(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return f"{reason[:MAX_REASON_CHARS]}... [{len(reason) - MAX_REASON_CHARS} more characters]"
+
+
+def storable_image(image: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an ``images`` row (``"faces"`` kept) that both databases store as it is.
+
+    ``path_key`` is filled in from the path as given (so a file name with undecodable bytes
+    keeps a key of its own); ``path``, ``camera_id`` and ``reason`` lose NUL and non-UTF-8
+    bytes (:func:`storable_text`); a ``camera_id`` over :data:`MAX_INDEXED_TEXT_BYTES` is
+    shortened; a ``content_sha256`` that is not a sha256 hex digest is dropped (``None``); a
+    ``reason`` over :data:`MAX_REASON_CHARS` is cut. Each change is appended to ``reason``.
+    """
+    row = dict(image)
+    notes: list[str] = []
+    if row.get("path_key") is None:
+        row["path_key"] = path_key(row["path"])
+    for column in ("path", "camera_id", "reason"):
+        value = row.get(column)
+        if isinstance(value, str):
+            row[column], note = storable_text(value)
+            if note and column != "reason":
+                notes.append(f"{column}: {note}")
+    camera = row.get("camera_id")
+    if isinstance(camera, str) and len(camera.encode("utf-8")) > MAX_INDEXED_TEXT_BYTES:
+        notes.append(f"camera_id shortened from {len(camera)} characters")
+        row["camera_id"] = _shorten(camera, MAX_INDEXED_TEXT_BYTES)
+    digest = row.get("content_sha256")
+    if digest is not None and not (isinstance(digest, str) and _SHA256_HEX.fullmatch(digest)):
+        notes.append(f"content_sha256 {str(digest)[:80]!r} is not a sha256 hex digest: not stored")
+        row["content_sha256"] = None
+    if notes:
+        row["reason"] = "; ".join(filter(None, [row.get("reason"), "stored with changes: " + "; ".join(notes)]))
+    if isinstance(row.get("reason"), str):
+        row["reason"] = _cut_reason(row["reason"])
+    return row
+
+
+def _insert(bind: Connection, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert storable rows and their faces; the rows that were new, with their ``id``."""
+    columns = [{k: v for k, v in row.items() if k != "faces"} for row in rows]
+    stmt = upsert_ignore(Image, columns, bind.dialect, ["path_key", "model_version_id"])
+    inserted = bind.execute(stmt.returning(Image.id, Image.path_key, Image.model_version_id)).all()
+    by_key = {(row["path_key"], row["model_version_id"]): row for row in rows}
+    stored = [{**by_key[(key, version_id)], "id": image_id} for image_id, key, version_id in inserted]
+    faces = [
+        {**face, "image_id": row["id"], "model_version_id": row["model_version_id"]}
+        for row in stored
+        for face in row.get("faces", ())
+    ]
+    if faces:
+        bind.execute(sa.insert(Face), faces)
+    return stored
+
+
+def _row_error(exc: BaseException) -> bool:
+    """Whether the database refused a value of a row (not the connection, disk or schema)."""
+    if isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError)):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):  # OperationalError (disk full, locked, gone), ...
+        return False
+    if isinstance(exc, sa.exc.StatementError):  # the driver could not send a value
+        exc = exc.orig
+    return isinstance(exc, (ValueError, TypeError, ArithmeticError))
+
+
+def _error_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+def _unstorable(row: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
+    """The row the database refused, as an ``unreadable`` row without faces saying why."""
+    keep = ("path", "path_key", "camera_id", "captured_at", "model_version_id", "scoring_run_id", "scored_at")
+    reason = f"could not be stored as scored ({_error_line(exc)})"
+    if row.get("reason"):
+        reason = f"{reason}; {row['reason']}"
+    return storable_image({**{k: row[k] for k in keep}, "content_sha256": None, "width": None, "height": None,
+                           "status": "unreadable", "n_faces": 0, "reason": storable_text(reason)[0], "faces": []})
+
+
+def insert_scored_images(conn: Connection | Session, images: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Insert scored images and their faces, each made storable; images already stored are
+    left untouched.
 
     Args:
         conn: a connection or session inside the caller's transaction.
         images: ``images`` columns plus ``"faces"``: a list of ``faces`` column mappings
-            (without ``image_id``/``model_version_id``, which are filled in).
+            (without ``image_id``/``model_version_id``, which are filled in). ``path_key`` may
+            be left out.
 
     Returns:
-        How many images were new; a rerun of the same batch returns 0 and writes nothing.
+        The rows that were new, as stored (:func:`storable_image`, or the ``unreadable`` row
+        that replaced one the database refused), each with its ``id`` and ``"faces"``.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError, OSError: errors that are not about one row.
     """
     if not images:
-        return 0
+        return []
     bind = conn.connection() if isinstance(conn, Session) else conn
-    rows = [{k: v for k, v in img.items() if k != "faces"} for img in images]
-    stmt = upsert_ignore(Image, rows, bind.dialect, ["path", "model_version_id"])
-    inserted = bind.execute(stmt.returning(Image.id, Image.path, Image.model_version_id)).all()
-    by_key = {(img["path"], img["model_version_id"]): img for img in images}
-    faces = [
-        {**face, "image_id": image_id, "model_version_id": version_id}
-        for image_id, path, version_id in inserted
-        for face in by_key[(path, version_id)].get("faces", ())
-    ]
-    if faces:
-        bind.execute(sa.insert(Face), faces)
-    return len(inserted)
+    rows = [storable_image(img) for img in images]
+    try:
+        with bind.begin_nested():
+            return _insert(bind, rows)
+    except Exception as exc:  # sorted by _row_error; others re-raised
+        if not _row_error(exc):
+            raise
+        logger.warning("the database refused a row of a batch of %d (%s); storing them one by one",
+                       len(rows), _error_line(exc))
+    stored: list[dict[str, Any]] = []
+    for row in rows:
+        try:
+            with bind.begin_nested():
+                stored += _insert(bind, [row])
+        except Exception as exc:  # sorted by _row_error; others re-raised
+            if not _row_error(exc):
+                raise
+            logger.warning("storing %s as unreadable: %s", row["path"][:300], _error_line(exc))
+            with bind.begin_nested():
+                stored += _insert(bind, [_unstorable(row, exc)])
+    return stored
+
+
+def insert_images_and_faces(conn: Connection | Session, images: Sequence[Mapping[str, Any]]) -> int:
+    """:func:`insert_scored_images`, returning how many images were new.
+
+    A rerun of the same batch returns 0 and writes nothing.
+    """
+    return len(insert_scored_images(conn, images))

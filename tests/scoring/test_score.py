@@ -4,9 +4,11 @@ model choice, the scoring_runs record and the CLI."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import socket
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -257,22 +259,31 @@ def test_score_command(tmp_path, tiny_demo, tiny_checkpoints, monkeypatch, capsy
 
 
 def test_a_new_run_closes_interrupted_runs_of_its_shard_and_interval_only(champion_url, tiny_demo):
-    """Runs left ``running`` by a dead process (see test_score_crash for a real kill -9)."""
+    """Runs left ``running`` by a dead process: heartbeat older than their lease (see
+    test_score_crash for a real kill -9, test_score_lease for live runs)."""
     engine = database.make_engine(champion_url)
     since, until = datetime(2026, 11, 24), datetime(2026, 11, 25)
+    long_ago = timeutil.utcnow() - timedelta(hours=2)
     with engine.begin() as conn:
         version_id = conn.scalar(sa.select(schema.ModelVersion.id))
-        base = {"model_version_id": version_id, "started_at": timeutil.utcnow(), "shard_count": 2}
+        base = {"model_version_id": version_id, "started_at": long_ago, "shard_count": 2,
+                "heartbeat_at": None, "lease_s": None, "pid": None, "hostname": None}
         conn.execute(sa.insert(schema.ScoringRun), [
             dict(base, shard_index=0, interval_start=since, interval_end=until, status="running"),
             dict(base, shard_index=1, interval_start=since, interval_end=until, status="running"),
             dict(base, shard_index=0, interval_start=None, interval_end=until, status="running"),
             dict(base, shard_index=0, interval_start=since, interval_end=until, status="succeeded"),
+            # From a process with a heartbeat and pid: dead once its own 30 s lease ran out.
+            dict(base, shard_index=0, interval_start=since, interval_end=until, status="running",
+                 heartbeat_at=timeutil.utcnow() - timedelta(seconds=31), lease_s=30.0, pid=4242, hostname="worker-7"),
         ])
     summary = score(engine, score_settings(tiny_demo.settings), tiny_demo.inbox, since, until, shard=(0, 2))
     with engine.connect() as conn:
         runs = conn.execute(sa.select(schema.ScoringRun).order_by(schema.ScoringRun.id)).all()
     engine.dispose()
-    assert [r.status for r in runs] == ["failed", "running", "running", "succeeded", "succeeded"]
+    assert [r.status for r in runs] == ["failed", "running", "running", "succeeded", "failed", "succeeded"]
     assert runs[0].error.startswith(f"interrupted: still running when run {summary.run_id} started")
-    assert runs[4].id == summary.run_id and runs[3].error is None
+    assert "pid 4242 on host worker-7" in runs[4].error and "lease 30 s" in runs[4].error
+    assert runs[5].id == summary.run_id and runs[3].error is None
+    assert runs[5].pid == os.getpid() and runs[5].hostname == socket.gethostname() and runs[5].lease_s == 60
+    assert runs[5].heartbeat_at >= runs[5].started_at - timedelta(seconds=5)

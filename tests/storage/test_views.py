@@ -140,7 +140,8 @@ def test_face_predictions_show_the_last_scoring(scored_url):
     ]
     assert (rows[1].x1, rows[1].y1, rows[1].x2, rows[1].y2) == (10, 5, 60, 65)
     assert rows[0].confidence == pytest.approx(0.7)
-    typed = _query(scored_url, sa.select(schema.face_predictions.c.captured_at).limit(1))
+    fp = schema.face_predictions
+    typed = _query(scored_url, sa.select(fp.c.captured_at).order_by(fp.c.image_path, fp.c.face_index).limit(1))
     assert typed[0].captured_at == datetime(2026, 11, 24, 8)
 
 
