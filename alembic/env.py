@@ -1,7 +1,9 @@
 """Alembic environment for maskjob's prediction database.
 
-``maskjob.db`` passes an open connection in ``config.attributes["connection"]`` (one
-transaction, any working directory). The ``alembic`` command line builds its own engine
+This folder ships in the wheel as the package data ``maskjob.migrations``
+(:func:`maskjob.resources.migrations_dir`). ``maskjob.storage.database`` passes an open
+connection in ``config.attributes["connection"]`` (one transaction, any working directory).
+The ``alembic`` command line (``alembic -c alembic.ini`` in a checkout) builds its own engine
 from ``-x url=...``, else maskjob's settings (``MASKJOB_DATABASE_URL``, ``maskjob.toml``).
 """
 

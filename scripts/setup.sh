@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# One-shot, idempotent set-up: the venv with exactly the locked versions, the package,
-# and the third-party assets (sha256-checked). `--test` also installs the system
-# packages the test suite needs (PostgreSQL server, Chromium).
+# One-shot, idempotent set-up: the venv with exactly the locked versions (hash-checked), the
+# package, and the third-party assets (sha256-checked). `--test` also installs the test-only
+# Python packages and the system packages the test suite needs (PostgreSQL server, Chromium).
+#
+# requirements/runtime.lock   what maskjob needs to run (every package, pinned, with hashes)
+# requirements/test.lock      runtime.lock plus the test tools, same pins (`make lock` makes both)
+# requirements/test-nodeps.lock  facenet-pytorch, test-only, installed without its dependencies
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,15 +29,32 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-stamp=.venv/.maskjob-lock.sha256
-lock_sum=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
-  echo "setup: installing locked dependencies (torch and torchvision come from local disk)"
-  .venv/bin/pip install -q -r requirements.lock
-  # facenet-pytorch's metadata pins an ancient torch; its MTCNN runs on torch 2.14.
-  .venv/bin/pip install -q --no-deps facenet-pytorch==2.6.0
-  .venv/bin/pip install -q --no-deps -e .
-  echo "$lock_sum" > "$stamp"
+
+# Each step runs again only when its input files change: a stamp in .venv keeps their sha256.
+inputs_sum() { cat "$@" | sha256sum | cut -d' ' -f1; }
+is_current() { local stamp=$1; shift; [ "$(cat "$stamp" 2>/dev/null)" = "$(inputs_sum "$@")" ]; }
+
+runtime_inputs=(requirements/runtime.lock pyproject.toml)
+runtime_stamp=.venv/.maskjob-runtime.sha256
+if ! is_current "$runtime_stamp" "${runtime_inputs[@]}"; then
+  echo "setup: installing requirements/runtime.lock (hash-checked; torch and torchvision come from local disk)"
+  .venv/bin/pip install -q --require-hashes -r requirements/runtime.lock
+  # The package itself, editable. No build isolation: the locked setuptools builds it, offline.
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
+  rm -f .venv/.maskjob-lock.sha256  # the stamp of the single requirements.lock that came before
+  inputs_sum "${runtime_inputs[@]}" > "$runtime_stamp"
+fi
+
+if [ "$want_test" = 1 ]; then
+  test_inputs=(requirements/runtime.lock requirements/test.lock requirements/test-nodeps.lock)
+  test_stamp=.venv/.maskjob-test.sha256
+  if ! is_current "$test_stamp" "${test_inputs[@]}"; then
+    echo "setup: installing the test-only packages (requirements/test.lock, requirements/test-nodeps.lock)"
+    .venv/bin/pip install -q --require-hashes -r requirements/test.lock
+    # facenet-pytorch's metadata pins an ancient torch: install it alone, hash-checked, no deps.
+    .venv/bin/pip install -q --no-deps --require-hashes -r requirements/test-nodeps.lock
+    inputs_sum "${test_inputs[@]}" > "$test_stamp"
+  fi
 fi
 
 .venv/bin/maskjob assets fetch

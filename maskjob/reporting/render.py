@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-from pathlib import Path
 
 import jinja2
 import numpy as np
@@ -15,13 +14,10 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from PIL import Image
 
-import maskjob
+from maskjob.resources import templates_dir
 from maskjob.vocab import class_colour_hex
 
-__all__ = ["template_environment", "png_data_uri", "figure_data_uri", "TEMPLATES_DIR"]
-
-
-TEMPLATES_DIR = Path(maskjob.__file__).resolve().parents[1] / "templates"
+__all__ = ["template_environment", "png_data_uri", "figure_data_uri"]
 
 
 # Text stays text in matplotlib: a camera called "cam$1$" must not become math.
@@ -29,9 +25,9 @@ CHART_RC = {"svg.fonttype": "path", "text.parse_math": False, "font.size": 9}
 
 
 def template_environment() -> jinja2.Environment:
-    """The Jinja2 environment for ``templates/``, autoescaping every template."""
+    """The Jinja2 environment for ``templates/`` (package data ``maskjob.templates``), autoescaping every template."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        loader=jinja2.FileSystemLoader(templates_dir()),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -1,0 +1,248 @@
+"""The nightly face-mask compliance DAG: validate, maybe retrain, promote, score, report.
+
+Wiring only: every step is a function in :mod:`maskjob.pipeline`, imported inside the task
+bodies so parsing stays fast (no torch, no model code at parse time: only Airflow's SDK,
+:mod:`maskjob.config` and :mod:`maskjob.vocab`).
+
+The definition lives here, in the package, so a wheel carries it. Airflow parses the DAG file
+``dags/mask_compliance.py`` (shipped in the wheel as ``maskjob/dags/mask_compliance.py``, see
+:func:`maskjob.resources.dag_file`), which only calls :func:`build_dag`. Each call builds a new
+DAG object with its schedule and params read from the environment and the maskjob settings at
+that moment, as re-parsing a DAG file does (``dag.test()`` folds a run's conf into the object,
+so objects are not shared between runs).
+
+Param bounds and choices come from their single sources: :data:`maskjob.config.BOUNDS` (the
+settings' validation) and :mod:`maskjob.vocab` (architectures, image sizes).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import (
+    DAG,
+    Asset,
+    CronTriggerTimetable,
+    ExceptionRetryPolicy,
+    Param,
+    RetryAction,
+    RetryRule,
+    dag,
+    get_current_context,
+    task,
+)
+
+from maskjob.config import BOUNDS, Settings, load_settings
+from maskjob.vocab import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TRANSFER_ARCHS
+
+__all__ = ["COMPLIANCE_REPORT", "CONN_ID_ENV", "DAG_ID", "DEFAULT_SCHEDULE", "SCHEDULE_ENV", "build_dag", "dag_params"]
+
+DAG_ID = "mask_compliance"
+SCHEDULE_ENV = "MASKJOB_DAG_SCHEDULE"
+CONN_ID_ENV = "MASKJOB_DATABASE_CONN_ID"
+DEFAULT_SCHEDULE = "0 2 * * *"
+
+# Downstream DAGs schedule on this asset; each event's ``extra`` carries the report path
+# and the interval it covers.
+COMPLIANCE_REPORT = Asset(
+    name="maskjob_compliance_report", uri="x-maskjob://reports/compliance", group="maskjob"
+)
+
+DOC_MD = f"""
+### Nightly face-mask compliance
+
+1. **validate_dataset**: layout, counts, unreadable files, train/test duplicates; a broken
+   dataset fails the run with the list of problems.
+2. **decide_training**: retrain when there is no champion, the dataset fingerprint changed
+   since the champion was trained, the champion is older than `retrain_max_age_days`, or
+   `force_retrain` is set; otherwise training is *skipped* and the run goes to scoring.
+3. **train_cnn** and **train_transfer** run in parallel.
+4. **register_and_promote** registers both candidates and applies the promotion rules.
+5. **plan_scoring** lists the frames captured in the run's data interval and splits them
+   into `shards`; **score_shard** is mapped over them (one task per shard, so a
+   distributed executor spreads them over workers).
+6. **render_reports** renders the interval's compliance report (and the model report when
+   training ran) and publishes the `{COMPLIANCE_REPORT.name}` asset.
+
+Schedule: `${SCHEDULE_ENV}` (default `{DEFAULT_SCHEDULE}`, UTC); each run covers the 24 hours
+ending at its logical date. `catchup` is off: a first deploy must not queue a run (and a
+possible retrain) for every missed night. Re-score past days on purpose with
+`airflow backfill create --dag-id {DAG_ID} --from-date ... --to-date ...`; re-runs are
+idempotent per (frame, model version) and never touch other intervals.
+
+Params override the maskjob settings per run (UI or `airflow dags trigger --conf`).
+Empty paths derive from `data_dir`; `database_conn_id` (an Airflow connection,
+postgres or sqlite; default `${CONN_ID_ENV}`) takes precedence over `database_url`.
+"""
+
+_PATH_HELP = "empty: derived from data_dir ({})"
+
+
+def dag_params(s: Settings) -> dict[str, Param]:
+    """Per-run params; defaults are the maskjob settings (config file, ``MASKJOB_*`` env) at parse time.
+
+    Bounds are the JSON-schema keywords of ``BOUNDS[name]`` (what the settings accept), the
+    transfer architectures and the image size limits come from :mod:`maskjob.vocab`.
+    """
+    return {
+        "data_dir": Param(str(s.data_dir), type="string", description="Root for dataset, inbox, models, reports."),
+        "dataset_root": Param(None, type=["null", "string"], description=_PATH_HELP.format(s.dataset_root)),
+        "inbox_dir": Param(None, type=["null", "string"], description=_PATH_HELP.format(s.inbox_dir)),
+        "database_url": Param(
+            None, type=["null", "string"],
+            description="SQLAlchemy URL; empty: $MASKJOB_DATABASE_URL or data_dir/maskjob.db",
+        ),
+        "database_conn_id": Param(
+            os.environ.get(CONN_ID_ENV) or None, type=["null", "string"],
+            description=f"Airflow connection (postgres/sqlite) for the predictions database; default ${CONN_ID_ENV}.",
+        ),
+        "shards": Param(s.shards, type="integer", **BOUNDS["shards"], description="Scoring shards (mapped tasks)."),
+        "retry_unreadable": Param(
+            s.retry_unreadable, type="boolean",
+            description="Read frames recorded unreadable again (re-run an interval after late uploads).",
+        ),
+        "retrain_max_age_days": Param(
+            s.retrain_max_age_days, type="number", **BOUNDS["retrain_max_age_days"],
+            description="Retrain when the champion is older.",
+        ),
+        "promotion_margin": Param(
+            s.promotion_margin, type="number", **BOUNDS["promotion_margin"],
+            description="Macro-F1 a candidate must gain.",
+        ),
+        "transfer_arch": Param(
+            s.transfer_arch, type="string", enum=list(TRANSFER_ARCHS), description="Transfer model."
+        ),
+        "max_epochs": Param(
+            s.max_epochs, type="integer", **BOUNDS["max_epochs"], description="Training epochs (upper bound)."
+        ),
+        "image_size": Param(
+            None, type=["null", "integer"], minimum=MIN_IMAGE_SIZE, maximum=MAX_IMAGE_SIZE,
+            description=f"Training image size in pixels ({MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE}); empty: per arch.",
+        ),
+        "force_retrain": Param(False, type="boolean", description="Train even when the champion is current."),
+    }
+
+
+def _config() -> dict[str, Any]:
+    """The run's params as pipeline config, with ``database_conn_id`` resolved to a URL."""
+    from airflow.sdk import Connection
+
+    from maskjob import pipeline
+
+    params = dict(get_current_context()["params"])
+    conn_id = params.pop("database_conn_id", None)
+    if conn_id:
+        conn = Connection.get(conn_id)
+        params["database_url"] = pipeline.database_url_from_connection(
+            conn.conn_type, host=conn.host, schema=conn.schema, login=conn.login, password=conn.password, port=conn.port
+        )
+    return params
+
+
+def _interval() -> tuple[str, str]:
+    """The run's data interval as ISO strings: what is scored and reported, never "now"."""
+    context = get_current_context()
+    return context["data_interval_start"].isoformat(), context["data_interval_end"].isoformat()
+
+
+def build_dag() -> DAG:
+    """A new ``mask_compliance`` DAG; the DAG file calls this once per parse."""
+
+    @dag(
+        dag_id=DAG_ID,
+        schedule=CronTriggerTimetable(
+            os.environ.get(SCHEDULE_ENV) or DEFAULT_SCHEDULE, timezone="UTC", interval=timedelta(days=1)
+        ),
+        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        catchup=False,
+        max_active_runs=1,
+        doc_md=DOC_MD,
+        tags=["maskjob", "ml", "compliance"],
+        params=dag_params(load_settings()),
+        default_args={
+            "owner": "maskjob",
+            "retries": 2,
+            "retry_delay": timedelta(minutes=2),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=30),
+            # A MaskjobError is a user-fixable problem (broken dataset, bad path, no champion):
+            # retrying cannot help, so fail at once; anything else retries with backoff.
+            "retry_policy": ExceptionRetryPolicy(
+                rules=[RetryRule(
+                    exception="maskjob.errors.MaskjobError", action=RetryAction.FAIL, reason="user-fixable"
+                )]
+            ),
+        },
+    )
+    def mask_compliance() -> None:
+        @task
+        def validate_dataset() -> dict[str, Any]:
+            from maskjob import pipeline
+
+            return pipeline.validate_dataset(_config())
+
+        @task.branch
+        def decide_training(check: dict[str, Any]) -> list[str]:
+            from maskjob import pipeline
+
+            config = _config()
+            decision = pipeline.decide_retrain(config, check["fingerprint"], force=bool(config["force_retrain"]))
+            return ["train_cnn", "train_transfer"] if decision["retrain"] else ["plan_scoring"]
+
+        @task
+        def train_cnn() -> dict[str, Any]:
+            from maskjob import pipeline
+
+            config = _config()
+            return pipeline.train_candidate("cnn", config, image_size=config["image_size"])
+
+        @task
+        def train_transfer() -> dict[str, Any]:
+            from maskjob import pipeline
+
+            config = _config()
+            return pipeline.train_candidate(config["transfer_arch"], config, image_size=config["image_size"])
+
+        @task
+        def register_and_promote(cnn: dict[str, Any], transfer: dict[str, Any]) -> dict[str, Any]:
+            from maskjob import pipeline
+
+            return pipeline.register_and_promote(_config(), [cnn["checkpoint_path"], transfer["checkpoint_path"]])
+
+        @task(trigger_rule="none_failed_min_one_success")
+        def plan_scoring() -> list[dict[str, Any]]:
+            from maskjob import pipeline
+
+            config = _config()
+            return pipeline.plan_scoring(config, *_interval(), int(config["shards"]))
+
+        @task
+        def score_shard(shard: dict[str, Any]) -> dict[str, Any]:
+            from maskjob import pipeline
+
+            return pipeline.score_shard(_config(), shard)
+
+        # none_failed: runs after scoring, also when training was skipped or no frame arrived.
+        @task(trigger_rule="none_failed", outlets=[COMPLIANCE_REPORT])
+        def render_reports(promotion: dict[str, Any] | None) -> dict[str, Any]:
+            from maskjob import pipeline
+
+            start, end = _interval()
+            reports = pipeline.render_reports(_config(), start, end, with_model_report=promotion is not None)
+            events = get_current_context()["outlet_events"]
+            events[COMPLIANCE_REPORT].extra = {
+                "path": reports["compliance_report"], "interval_start": start, "interval_end": end,
+            }
+            return reports
+
+        decision = decide_training(validate_dataset())
+        cnn, transfer = train_cnn(), train_transfer()
+        decision >> [cnn, transfer]
+        promotion = register_and_promote(cnn, transfer)
+        shards = plan_scoring()
+        [decision, promotion] >> shards
+        score_shard.expand(shard=shards) >> render_reports(promotion)
+
+    return mask_compliance()
