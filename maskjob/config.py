@@ -65,6 +65,8 @@ class Settings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     score_batch_frames: int = 16
     retry_unreadable: bool = False
+    score_lease_s: float = 60.0
+    score_lease_wait_s: float = 0.0
     shards: int = 2
 
     review_threshold: float = 0.75
@@ -109,6 +111,8 @@ BOUNDS: dict[str, dict[str, float]] = {
     "max_image_pixels": {"exclusiveMinimum": 0},
     "score_batch_frames": {"minimum": 1},
     "shards": {"minimum": 1},
+    "score_lease_s": {"exclusiveMinimum": 0.0, "maximum": 86400.0},
+    "score_lease_wait_s": {"minimum": 0.0, "maximum": 86400.0},
     "review_threshold": {"exclusiveMinimum": 0.0, "maximum": 1.0},
     "gallery_cap": {"minimum": 0},
 }

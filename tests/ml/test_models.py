@@ -10,8 +10,8 @@ import pytest
 import torch
 import torchvision
 
-from maskjob.cli import main
 from maskjob import vocab
+from maskjob.cli import main
 from maskjob.errors import MaskjobError
 from maskjob.imageio import sha256_file
 from maskjob.ml.models import (

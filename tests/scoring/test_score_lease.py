@@ -14,13 +14,20 @@ import sqlalchemy as sa
 
 import maskjob.scoring.score as score_module
 from maskjob import timeutil
+from maskjob.config import load_settings
 from maskjob.errors import MaskjobError
+from maskjob.scoring import lease
 from maskjob.scoring.frames import discover_frames
 from maskjob.scoring.score import ShardBusy, score
+from maskjob.scoring.signals import Stop
 from maskjob.storage import database, schema
 from tests.scoring.test_score import copy_inbox, counts, score_settings, table_rows, use_champion
 from tests.scoring.test_score_crash import (
-    assert_counts_match_rows, reference_rows, run_rows, score_process, wait_for_rows,
+    assert_counts_match_rows,
+    reference_rows,
+    run_rows,
+    score_process,
+    wait_for_rows,
 )
 
 
@@ -68,7 +75,7 @@ def test_a_second_process_on_a_live_shard_exits_or_waits_and_the_live_run_is_unt
 def _key(engine, shard):
     with engine.connect() as conn:
         model_id, version = conn.execute(sa.select(schema.ModelVersion.id, schema.ModelVersion.version)).one()
-    return score_module._RunKey(model_id, version, shard, None, None)
+    return lease.RunKey(model_id, version, shard, None, None)
 
 
 def test_taking_the_lease_is_race_free(champion_url):
@@ -85,7 +92,7 @@ def test_taking_the_lease_is_race_free(champion_url):
             def race() -> None:
                 try:
                     barrier.wait()
-                    won.append(score_module._take_lease(engine, key, 30.0, 0.0, score_module._Stop()))
+                    won.append(lease.take_lease(engine, key, 30.0, 0.0, Stop()))
                 except ShardBusy as exc:
                     busy.append(str(exc))
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
@@ -163,8 +170,9 @@ def test_a_run_that_lost_its_lease_stops_without_overwriting_its_row(champion_ur
 def test_lease_settings_are_checked(champion_url, tiny_demo, monkeypatch):
     engine = database.make_engine(champion_url)
     monkeypatch.setenv("MASKJOB_SCORE_LEASE_S", "soon")
-    with pytest.raises(MaskjobError, match=r"bad score_lease_s 'soon' from \$MASKJOB_SCORE_LEASE_S"):
-        score(engine, score_settings(tiny_demo.settings), tiny_demo.inbox)
+    with pytest.raises(MaskjobError, match=r"bad setting score_lease_s from \$MASKJOB_SCORE_LEASE_S"):
+        load_settings()
+    monkeypatch.delenv("MASKJOB_SCORE_LEASE_S")
     with pytest.raises(MaskjobError, match="bad score_lease_wait_s -1"):
         score(engine, score_settings(tiny_demo.settings), tiny_demo.inbox, lease_s=5, wait_s=-1)
     engine.dispose()
