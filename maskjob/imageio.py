@@ -32,6 +32,7 @@ from maskjob.errors import MaskjobError
 from maskjob.vocab import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS
 
 __all__ = [
+    "output_dir", "write_text",
     "IMAGE_EXTENSIONS", "ImageReadError", "display_path", "file_kind", "is_image_name", "max_file_bytes",
     "open_regular", "read_file", "read_file_inside", "read_rgb", "sha256_bytes", "sha256_file",
 ]
@@ -312,3 +313,34 @@ def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, data:
     except Exception as exc:  # noqa: BLE001 - a hostile file must fail alone, whatever the decoder raises
         detail = _safe_text(f"{type(exc).__name__}: {exc}")
         raise ImageReadError(path, f"corrupt image: the decoder failed ({detail})") from None
+
+
+def output_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a folder maskjob can write into, created if missing.
+
+    Raises:
+        MaskjobError: it is a file, cannot be created, or is not writable (``what`` names it,
+            e.g. ``"--out folder"``).
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise MaskjobError(f"{what} {display_path(out)} is not a folder; pass a folder to write into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MaskjobError(f"cannot create {what} {display_path(out)}: {exc.strerror or exc}; "
+                           "pass a folder you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise MaskjobError(f"cannot write into {what} {display_path(out)}: permission denied; "
+                           "pass a folder you can write to")
+    return out
+
+
+def write_text(path: Path, text: str, what: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path``; a failure (disk full, permissions) is a MaskjobError."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise MaskjobError(f"cannot write {what} {display_path(path)}: {exc.strerror or exc}; "
+                           "free some space or choose another folder") from None
+    return path

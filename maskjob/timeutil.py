@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
-__all__ = ["utcnow", "to_naive_utc"]
+__all__ = ["MAX_YEAR", "MIN_YEAR", "check_year", "to_naive_utc", "utcnow"]
+
+# Dates a user gives (capture intervals, report windows, run days) must lie in these years:
+# far wider than any camera, and far enough from 1 and 9999 that a day or a zone offset
+# added to them never overflows.
+MIN_YEAR = 1900
+MAX_YEAR = 2999
 
 
 def utcnow() -> datetime:
@@ -18,3 +24,10 @@ def to_naive_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value
     return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def check_year(value: date) -> date:
+    """``value`` if its year is in ``MIN_YEAR..MAX_YEAR``; else ``ValueError`` saying so."""
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise ValueError(f"year {value.year} is outside {MIN_YEAR}-{MAX_YEAR}")
+    return value

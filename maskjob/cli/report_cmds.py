@@ -8,6 +8,7 @@ from pathlib import Path
 
 from maskjob.cli import settings_from_args
 from maskjob.errors import MaskjobError
+from maskjob.timeutil import check_year
 
 __all__ = ["add_commands", "parse_day_or_time"]
 
@@ -16,11 +17,11 @@ def parse_day_or_time(text: str) -> date | datetime:
     """``2026-11-24`` as a date (a whole day), ``2026-11-24T07:00[Z]`` as naive UTC."""
     try:
         if "T" not in text and " " not in text.strip():
-            return date.fromisoformat(text)
-        value = datetime.fromisoformat(text)
-    except ValueError:
+            return check_year(date.fromisoformat(text))
+        value = check_year(datetime.fromisoformat(text))
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 date or time; use e.g. 2026-11-24 or 2026-11-24T07:00Z"
+            f"{text!r} is not an ISO 8601 date or time ({exc}); use e.g. 2026-11-24 or 2026-11-24T07:00Z"
         ) from None
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 

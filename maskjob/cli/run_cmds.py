@@ -29,6 +29,7 @@ from maskjob.cli import settings_from_args
 from maskjob.cli.console import Console, capture_output, console_handler
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
+from maskjob.timeutil import check_year
 
 __all__ = ["add_commands", "airflow_environment", "cmd_run", "conf_from_settings", "logical_date_for"]
 
@@ -49,7 +50,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             "(maskjob -v run: to stderr too)."
         ),
     )
-    p.add_argument("--date", type=dt.date.fromisoformat,
+    p.add_argument("--date", type=_day,
                    help="UTC day to score, YYYY-MM-DD (default: the demo day, maskjob.demo.builder.DEMO_DAY)")
     p.add_argument("--scale", type=float, help="demo data size factor when building it (default: demo_scale)")
     p.add_argument("--epochs", type=int, help="maximum training epochs per model (default: max_epochs)")
@@ -57,6 +58,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", type=int, help="scoring shards, one mapped task each (default: shards)")
     p.add_argument("--force-retrain", action="store_true", help="train even when the champion is current")
     p.set_defaults(func=cmd_run)
+
+
+def _day(text: str) -> dt.date:
+    try:
+        return check_year(dt.date.fromisoformat(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD ({exc})") from None
 
 
 def logical_date_for(day: dt.date) -> dt.datetime:

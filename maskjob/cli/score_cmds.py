@@ -9,6 +9,7 @@ from pathlib import Path
 
 from maskjob.cli import settings_from_args
 from maskjob.errors import MaskjobError
+from maskjob.timeutil import check_year, to_naive_utc
 
 __all__ = ["add_commands", "parse_shard", "parse_time"]
 
@@ -16,12 +17,11 @@ __all__ = ["add_commands", "parse_shard", "parse_time"]
 def parse_time(text: str) -> datetime:
     """An ISO 8601 date or date-time as naive UTC (``2026-11-24``, ``2026-11-24T07:00``, ``...Z``)."""
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
+        value = check_year(datetime.fromisoformat(text))
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time; use e.g. 2026-11-24 or 2026-11-24T07:00:00Z"
+            f"{text!r} is not an ISO 8601 time ({exc}); use e.g. 2026-11-24 or 2026-11-24T07:00:00Z"
         ) from None
-    from maskjob.timeutil import to_naive_utc
 
     return to_naive_utc(value)
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from maskjob import CLASSES
 from maskjob.errors import MaskjobError
+from maskjob.imageio import output_dir
 from maskjob.ml.loaders import normalize, resize_rgb
 from maskjob.ml.models import create_model
 from maskjob.vocab import ARCHS as ARCH_NAMES
@@ -67,13 +68,17 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta:
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = output_dir(Path(path).parent, "checkpoint folder") / Path(path).name
     state = {k: v.detach().cpu() for k, v in state_dict.items()}
     payload = {"state_dict": state, "meta": {**meta, "state_sha256": state_digest(state)}}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise MaskjobError(f"cannot write checkpoint {path}: {exc.strerror or exc}; "
+                           "free some space or choose another --out folder") from None
     return path
 
 

@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 import maskjob
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
-from maskjob.imageio import ImageReadError, max_file_bytes, read_file_inside, read_rgb
+from maskjob.imageio import ImageReadError, max_file_bytes, output_dir, read_file_inside, read_rgb, write_text
 from maskjob.reporting.compliance_data import WindowData, load_window
 from maskjob.reporting.render import CHART_RC, figure_data_uri, png_data_uri, template_environment
 from maskjob.timeutil import to_naive_utc
@@ -355,9 +355,7 @@ def render_compliance_report(
         ) from None
     context = compliance_context(data, settings, start_dt, end_dt, camera, blur)
     html = template_environment().get_template("compliance.html").render(**context)
-    out = Path(out_dir or settings.reports_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / _file_name(start_dt, end_dt, camera)
-    path.write_text(html, encoding="utf-8")
+    out = output_dir(out_dir or settings.reports_dir, "report folder")
+    path = write_text(out / _file_name(start_dt, end_dt, camera), html, "report")
     logger.info("compliance report for %s: %s (%d KiB)", context["window_label"], path, len(html) // 1024)
     return path

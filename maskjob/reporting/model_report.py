@@ -28,7 +28,7 @@ import maskjob
 from maskjob import CLASSES
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
-from maskjob.imageio import read_rgb
+from maskjob.imageio import output_dir, read_rgb, write_text
 from maskjob.reporting.compliance_data import clean_reason
 from maskjob.reporting.render import CHART_RC, figure_data_uri, png_data_uri, template_environment
 from maskjob.storage.database import session
@@ -286,9 +286,8 @@ def render_model_report(engine: Engine, settings: Settings, version: str | None 
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         maskjob_version=maskjob.__version__,
     )
-    out = Path(out_dir or settings.reports_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"models_{'_'.join(slug(mv.version, 60, 'model') for mv in versions)}.html"
-    path.write_text(html, encoding="utf-8")
+    out = output_dir(out_dir or settings.reports_dir, "report folder")
+    path = write_text(out / f"models_{'_'.join(slug(mv.version, 60, 'model') for mv in versions)}.html", html,
+                      "report")
     logger.info("model report for %s: %s", ", ".join(mv.version for mv in versions), path)
     return path

@@ -16,7 +16,7 @@ import numpy as np
 from maskjob import CLASSES
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
-from maskjob.imageio import display_path, read_rgb
+from maskjob.imageio import display_path, output_dir, read_rgb
 from maskjob.scoring.annotate import draw_faces
 from maskjob.scoring.detectors import Detection, FaceDetector, create_detector
 from maskjob.scoring.faces import FaceClassifier, classify_isolating, face_row, failure_reason
@@ -93,9 +93,7 @@ def predict_files(
     else:
         classifier, model_name = _champion_classifier(settings)
     detector = create_detector(settings.detector, settings)
-    out_dir = Path(annotate_dir) if annotate_dir is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(annotate_dir, "--annotate folder") if annotate_dir is not None else None
     used: set[str] = set()
     results = []
     for raw in paths:
