@@ -199,7 +199,7 @@ def one_worker(settings: Settings, classifier, images: list[np.ndarray]) -> tupl
 def model_limit(settings: Settings, classifier, images: list[np.ndarray]) -> int:
     """The detector and classifier on preloaded frames, as ``score`` runs them; frames done."""
     from maskjob.scoring.detectors import create_detector
-    from maskjob.scoring.score import classify_batches
+    from maskjob.scoring.faces import classify_batches
 
     detector = create_detector(settings.detector, settings)
     step = settings.score_batch_frames
