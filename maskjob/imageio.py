@@ -32,9 +32,9 @@ from maskjob.errors import MaskjobError
 from maskjob.vocab import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS
 
 __all__ = [
-    "output_dir", "write_text",
-    "IMAGE_EXTENSIONS", "ImageReadError", "display_path", "file_kind", "is_image_name", "max_file_bytes",
-    "open_regular", "read_file", "read_file_inside", "read_rgb", "sha256_bytes", "sha256_file",
+    "IMAGE_EXTENSIONS", "ImageReadError", "display_path", "file_kind", "is_image_name", "is_within", "max_file_bytes",
+    "open_regular", "output_dir", "read_file", "read_file_inside", "read_rgb", "sha256_bytes", "sha256_file",
+    "write_text",
 ]
 
 # Pillow formats never opened: EPS is rendered by running Ghostscript on the file.
@@ -190,7 +190,8 @@ def read_file(path: str | Path, max_bytes: int | None = None, *, follow_symlinks
     return data
 
 
-def _within(path: str, root: str) -> bool:
+def is_within(path: str, root: str) -> bool:
+    """True when the resolved ``path`` is ``root`` or lies below it (both already resolved)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
@@ -204,7 +205,7 @@ def read_file_inside(path: str | Path, root: str | Path, max_bytes: int | None =
         ImageReadError: outside ``root``, or as :func:`read_file`.
     """
     real = os.path.realpath(path)
-    if not _within(real, os.path.realpath(root)):
+    if not is_within(real, os.path.realpath(root)):
         raise ImageReadError(path, f"symlink points outside the inbox (to {display_path(real)}); refused for safety")
     try:
         os.stat(path)  # a loop or a dangling link gets its own reason

@@ -41,6 +41,7 @@ from maskjob.imageio import (
     display_path,
     file_kind,
     is_image_name,
+    is_within,
     max_file_bytes,
     open_regular,
     os_error_reason,
@@ -182,10 +183,6 @@ def capture_time(path: Path, follow: bool = True) -> tuple[datetime, str] | None
     return _mtime(st), "mtime"
 
 
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def _list_folder(folder: Path) -> tuple[list[os.DirEntry[str]], OSError | None]:
     """The entries of ``folder``, and the error that stopped the listing (entries read
     before it are kept)."""
@@ -231,7 +228,7 @@ def _frame(path: Path, inbox: Path, root: str) -> Frame | str | None:
         exif_from = str(path)
     elif stat.S_ISLNK(lst.st_mode):
         real = os.path.realpath(path)
-        if not _within(real, root):
+        if not is_within(real, root):
             problems.append(f"symlink points outside the inbox (to {display_path(real)}); refused for safety")
         else:
             try:
