@@ -24,7 +24,7 @@ from maskjob.vocab import DEFAULT_MAX_IMAGE_PIXELS, DETECTORS, TRANSFER_ARCHS
 
 __all__ = [
     "BOUNDS", "CHOICES", "CONFIG_ENV", "ENV_PREFIX", "SecretFilter", "Settings", "bounds_text", "load_settings",
-    "redact", "register_secrets",
+    "redact", "register_secrets", "within_bounds",
 ]
 
 ENV_PREFIX = "MASKJOB_"
@@ -136,10 +136,15 @@ def bounds_text(name: str) -> str:
     return " and ".join(_CHECKS[key][1].format(limit) for key, limit in BOUNDS[name].items())
 
 
+def within_bounds(name: str, value: float) -> bool:
+    """True when ``value`` satisfies every keyword of ``BOUNDS[name]``."""
+    return all(_CHECKS[key][0](value, limit) for key, limit in BOUNDS[name].items())
+
+
 def _validate(s: Settings) -> None:
-    for name, bounds in BOUNDS.items():
+    for name in BOUNDS:
         value = getattr(s, name)
-        if not all(_CHECKS[key][0](value, limit) for key, limit in bounds.items()):
+        if not within_bounds(name, value):
             raise MaskjobError(f"bad setting: {name} must be {bounds_text(name)}, not {value!r}. "
                                "Fix it in your config file, MASKJOB_* variable or flag.")
     for name, allowed in CHOICES.items():

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from maskjob import CLASSES
-from maskjob.config import BOUNDS, Settings, bounds_text
+from maskjob.config import Settings, bounds_text, within_bounds
 from maskjob.errors import MaskjobError
 from maskjob.scoring.detectors import FaceDetector, create_detector
 from maskjob.scoring.faces import (
@@ -226,9 +226,7 @@ def _seconds(name: str, given: float | None, setting: float) -> float:
     """``given`` (an argument, checked against the setting's bounds) else the setting."""
     if given is None:
         return setting
-    bounds = BOUNDS[name]
-    if not (isinstance(given, (int, float)) and math.isfinite(given)
-            and given > bounds.get("exclusiveMinimum", -math.inf) and given >= bounds.get("minimum", -math.inf)):
+    if not (isinstance(given, (int, float)) and math.isfinite(given) and within_bounds(name, given)):
         raise MaskjobError(f"bad {name} {given!r}: expected seconds, {bounds_text(name)}")
     return float(given)
 
