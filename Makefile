@@ -37,7 +37,7 @@ wheel: setup
 LOCK_VENV := .venv-lock
 LOCK_ARGS ?=
 PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes \
-	--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(LOCK_ARGS)
+	--allow-unsafe --no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(LOCK_ARGS)
 
 lock: $(LOCK_VENV)/bin/pip-compile
 	$(PIP_COMPILE) -o requirements/runtime.lock pyproject.toml

@@ -72,6 +72,14 @@ class Settings:
     review_threshold: float = 0.75
     blur_faces: bool = True
     gallery_cap: int = 24
+    # The site (issue 13): local days, cameras, alerts.
+    site_timezone: str = "UTC"
+    default_compliance_target: float = 0.9
+    default_expected_frames_per_hour: float = 0.0
+    late_upload_grace_minutes: float = 0.0
+    alert_conn_id: str = "smtp_default"
+    alert_email_to: str = ""
+    alert_unreadable_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -115,6 +123,10 @@ BOUNDS: dict[str, dict[str, float]] = {
     "score_lease_wait_s": {"minimum": 0.0, "maximum": 86400.0},
     "review_threshold": {"exclusiveMinimum": 0.0, "maximum": 1.0},
     "gallery_cap": {"minimum": 0},
+    "default_compliance_target": {"minimum": 0.0, "maximum": 1.0},
+    "default_expected_frames_per_hour": {"minimum": 0.0},
+    "late_upload_grace_minutes": {"minimum": 0.0, "maximum": 1440.0},
+    "alert_unreadable_fraction": {"exclusiveMinimum": 0.0, "maximum": 1.0},
 }
 
 # Settings that take one of a fixed set of names.
@@ -151,6 +163,13 @@ def _validate(s: Settings) -> None:
         if getattr(s, name) not in allowed:
             raise MaskjobError(f"bad setting: {name} must be one of {list(allowed)}, not {getattr(s, name)!r}. "
                                "Fix it in your config file, MASKJOB_* variable or flag.")
+    from maskjob.timeutil import zone
+
+    try:
+        zone(s.site_timezone)
+    except ValueError as exc:
+        raise MaskjobError(f"bad setting: site_timezone: {exc}. "
+                           "Fix it in your config file, MASKJOB_* variable or flag.") from None
 
 
 def _field_types() -> dict[str, str]:

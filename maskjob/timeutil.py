@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["MAX_YEAR", "MIN_YEAR", "check_year", "to_naive_utc", "utcnow"]
+__all__ = ["MAX_YEAR", "MIN_YEAR", "check_year", "to_naive_utc", "utcnow", "zone"]
 
 # Dates a user gives (capture intervals, report windows, run days) must lie in these years:
 # far wider than any camera, and far enough from 1 and 9999 that a day or a zone offset
@@ -31,3 +33,14 @@ def check_year(value: date) -> date:
     if not MIN_YEAR <= value.year <= MAX_YEAR:
         raise ValueError(f"year {value.year} is outside {MIN_YEAR}-{MAX_YEAR}")
     return value
+
+
+@lru_cache(maxsize=256)
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name`` (e.g. ``Europe/Berlin``); ``ValueError`` saying what is wrong."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ValueError(f"{name!r} is not an IANA time zone name such as 'Europe/Berlin' or 'UTC'")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"{name!r} is not an IANA time zone name such as 'Europe/Berlin' or 'UTC'") from None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot, idempotent set-up: the venv with exactly the locked versions (hash-checked), the
 # package, and the third-party assets (sha256-checked). `--test` also installs the test-only
-# Python packages and the system packages the test suite needs (PostgreSQL server, Chromium).
+# Python packages and the system packages the test suite needs (PostgreSQL server, Chromium,
+# Redis for the Celery deployment test, FFmpeg to serve live streams to `maskjob ingest`).
 #
 # requirements/runtime.lock   what maskjob needs to run (every package, pinned, with hashes)
 # requirements/test.lock      runtime.lock plus the test tools, same pins (`make lock` makes both)
@@ -16,6 +17,8 @@ need_apt=()
 if [ "$want_test" = 1 ]; then
   [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+  command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need_apt[*]}"
@@ -33,6 +36,11 @@ fi
 # Each step runs again only when its input files change: a stamp in .venv keeps their sha256.
 inputs_sum() { cat "$@" | sha256sum | cut -d' ' -f1; }
 is_current() { local stamp=$1; shift; [ "$(cat "$stamp" 2>/dev/null)" = "$(inputs_sum "$@")" ]; }
+
+if ! is_current .venv/.maskjob-pip.sha256 requirements/pip.lock; then
+  .venv/bin/python -m pip install -q --require-hashes -r requirements/pip.lock
+  inputs_sum requirements/pip.lock > .venv/.maskjob-pip.sha256
+fi
 
 runtime_inputs=(requirements/runtime.lock pyproject.toml)
 runtime_stamp=.venv/.maskjob-runtime.sha256

@@ -28,6 +28,8 @@ COMMAND_MODULES = (
     "maskjob.cli.score_cmds",
     "maskjob.cli.report_cmds",
     "maskjob.cli.run_cmds",
+    "maskjob.cli.cameras_cmds",
+    "maskjob.cli.ingest_cmds",
 )
 
 

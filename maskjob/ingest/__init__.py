@@ -1,0 +1,1 @@
+"""Ingestion: frames from video files and live camera streams into the dated inbox."""
