@@ -19,10 +19,13 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
 def _db_migrate(args: argparse.Namespace) -> int:
     from maskjob.storage import database
 
-    url = _settings(args).database_url
+    settings = _settings(args)
+    url = settings.database_url
     before = database.current(url)
-    move = database.upgrade if args.direction == "upgrade" else database.downgrade
-    after = move(url, args.rev)
+    if args.direction == "upgrade":
+        after = database.upgrade(url, args.rev, settings=settings)
+    else:
+        after = database.downgrade(url, args.rev)
     print(f"{database.safe_url(url)}: {before or 'empty'} -> {after or 'empty'}")
     return 0
 

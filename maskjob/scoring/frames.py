@@ -3,8 +3,15 @@
 A frame is ``<inbox>/<camera_id>/<name>``. Its capture time is, in order of precedence,
 EXIF ``DateTimeOriginal`` (shifted by ``OffsetTimeOriginal`` when present), else a
 timestamp in the file name (``YYYYMMDDTHHMMSS``, ``YYYYMMDD_HHMMSS``,
-``YYYY-MM-DD_HH-MM-SS``, ...), else the file's modification time. Times without a zone
-are taken as UTC; all times are returned as naive UTC.
+``YYYY-MM-DD_HH-MM-SS``, ...; an offset may follow: ``20261124T071500+0100``, ``...Z``,
+``...-0530``), else the file's modification time. Times with an offset and mtimes are
+absolute; times without one are the camera's wall time, read in the camera's zone
+(:func:`maskjob.timeutil.localize`: ambiguous -> first occurrence, non-existent -> moved
+forward). :attr:`Frame.captured_at` is the instant as naive UTC (the database column takes
+naive values as UTC; comparisons with the interval stay naive).
+
+A camera folder holding date folders (``<camera>/<YYYY-MM-DD>/...``, local dates) has only
+the date folders that can overlap the interval listed (one day of margin either side).
 
 The inbox is treated as hostile. Discovery never opens anything but a regular file (and
 that without blocking), and never stops on one bad entry: a FIFO, socket or device named
@@ -30,7 +37,7 @@ import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +50,28 @@ from maskjob.imageio import (
     is_image_name,
     is_within,
     max_file_bytes,
-    open_regular,
     os_error_reason,
     read_file_inside,
     read_rgb,
     sha256_bytes,
 )
-from maskjob.timeutil import to_naive_utc
+from maskjob.scoring.capture import (
+    Zones,
+    camera_zone,
+    capture_time,
+    exif_timestamp,
+    mtime_utc,
+    name_timestamp,
+    to_instant,
+)
+from maskjob.timeutil import to_naive_utc, to_utc
 
 __all__ = [
     "DecodedFrame",
     "Frame",
     "InboxScan",
+    "Zones",
+    "camera_zone",
     "capture_time",
     "decode_frame",
     "discover_frames",
@@ -72,10 +89,7 @@ NON_UTF8_REASON = (
     "rename it to UTF-8 to have it scored"
 )
 
-_NAME_TS = re.compile(
-    r"(?<!\d)(?P<Y>\d{4})(?P<s1>-?)(?P<m>\d{2})(?P=s1)(?P<d>\d{2})[T_ \-]?"
-    r"(?P<H>\d{2})(?P<s2>[-:.]?)(?P<M>\d{2})(?P=s2)(?P<S>\d{2})(?!\d)"
-)
+_DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @dataclass(frozen=True)
@@ -115,74 +129,6 @@ class DecodedFrame:
     reason: str | None
 
 
-def name_timestamp(name: str) -> datetime | None:
-    """The first valid date-time in a file name, e.g. ``20261124T071500.jpg``."""
-    for match in _NAME_TS.finditer(name):
-        try:
-            return datetime(*(int(match[k]) for k in ("Y", "m", "d", "H", "M", "S")))
-        except ValueError:
-            continue
-    return None
-
-
-def _exif_timestamp(path: str | Path, follow: bool = True) -> datetime | None:
-    from PIL import ExifTags, Image
-
-    try:
-        with open_regular(path, follow_symlinks=follow) as fh, Image.open(fh) as img:
-            # The base method: PNG's own getexif decodes the whole image to look for EXIF.
-            exif = Image.Image.getexif(img).get_ifd(ExifTags.IFD.Exif)
-    except Exception:  # noqa: BLE001 - any unreadable header just means "no EXIF time"
-        return None
-    raw = exif.get(ExifTags.Base.DateTimeOriginal)
-    if not isinstance(raw, str):
-        return None
-    try:
-        taken = datetime.strptime(raw.strip("\x00 ").strip(), "%Y:%m:%d %H:%M:%S")
-    except ValueError:
-        return None
-    offset = exif.get(ExifTags.Base.OffsetTimeOriginal)
-    if isinstance(offset, str):
-        match = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", offset.strip("\x00 ").strip())
-        if match:
-            sign = 1 if match[1] == "+" else -1
-            taken -= sign * timedelta(hours=int(match[2]), minutes=int(match[3]))
-    return taken
-
-
-def _mtime(st: os.stat_result) -> datetime:
-    return datetime.fromtimestamp(st.st_mtime, UTC).replace(tzinfo=None)
-
-
-def capture_time(path: Path, follow: bool = True) -> tuple[datetime, str] | None:
-    """The capture time of a file and where it came from (``exif``, ``name``, ``mtime``).
-
-    Args:
-        path: the image file.
-        follow: read EXIF through symlinks (off for links that leave the inbox). EXIF is only
-            ever read from a regular file, never blocking.
-
-    Returns:
-        ``(naive UTC time, source)``, or ``None`` when the file no longer exists.
-    """
-    path = Path(path)
-    if follow:
-        taken = _exif_timestamp(path)
-        if taken is not None:
-            return taken, "exif"
-    taken = name_timestamp(path.name)
-    if taken is not None:
-        return taken, "name"
-    try:
-        st = os.stat(path) if follow else os.lstat(path)
-    except OSError:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-    return _mtime(st), "mtime"
-
-
 def _list_folder(folder: Path) -> tuple[list[os.DirEntry[str]], OSError | None]:
     """The entries of ``folder``, and the error that stopped the listing (entries read
     before it are kept)."""
@@ -203,7 +149,7 @@ def _links_to_folder(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _frame(path: Path, inbox: Path, root: str) -> Frame | str | None:
+def _frame(path: Path, inbox: Path, root: str, zones: Zones | None) -> Frame | str | None:
     """The frame for the image-named non-folder entry ``path``: a :class:`Frame` (with a
     ``reason`` when it cannot be read), a warning when it cannot be placed in time, or
     ``None`` when it vanished."""
@@ -246,19 +192,41 @@ def _frame(path: Path, inbox: Path, root: str) -> Frame | str | None:
         problems.append(NON_UTF8_REASON)
     reason = "; ".join(problems) or None
 
-    taken = _exif_timestamp(exif_from, follow=False) if exif_from is not None and reason is None else None
+    taken = exif_timestamp(exif_from, follow=False) if exif_from is not None and reason is None else None
     source = "exif"
     if taken is None:
         taken, source = name_timestamp(path.name), "name"
-    if taken is None and st is not None:
-        taken, source = _mtime(st), "mtime"
+    if taken is not None:
+        taken = to_instant(taken, camera_zone(zones, camera))
+    elif st is not None:
+        taken, source = mtime_utc(st), "mtime"  # absolute, already naive UTC
     if taken is None:
         return (f"{rel}: {reason}, and it has no time stamp in its name to place it in an interval; "
                 "not scored until it can be examined")
     return Frame(path, rel, camera, taken, source, reason)
 
 
-def scan_inbox(inbox: str | Path, since: datetime | None = None, until: datetime | None = None) -> InboxScan:
+def _date_window(since: datetime | None, until: datetime | None, tz: tzinfo) -> tuple[date | None, date | None]:
+    """The local dates (one day of margin either side) whose date folder can hold a frame of the interval."""
+    low = to_utc(since).astimezone(tz).date() - timedelta(days=1) if since else None
+    high = to_utc(until).astimezone(tz).date() + timedelta(days=1) if until else None
+    return low, high
+
+
+def _outside(name: str, window: tuple[date | None, date | None]) -> bool:
+    """Whether ``name`` is a date folder (``YYYY-MM-DD``) outside ``window``."""
+    if not _DATE_FOLDER.fullmatch(name):
+        return False
+    try:
+        day = date.fromisoformat(name)
+    except ValueError:
+        return False
+    low, high = window
+    return (low is not None and day < low) or (high is not None and day > high)
+
+
+def scan_inbox(inbox: str | Path, since: datetime | None = None, until: datetime | None = None, *,
+               zones: Zones | None = None) -> InboxScan:
     """Image files under ``inbox`` captured in ``[since, until)``, and the run-level problems.
 
     Frames are sorted by time then path. The camera id is the first folder under the inbox
@@ -266,6 +234,13 @@ def scan_inbox(inbox: str | Path, since: datetime | None = None, until: datetime
     ignored; folder symlinks are not followed (each is a warning); every image-named entry
     that is not a folder is a frame, those that cannot be read with a ``reason`` (see the
     module docstring). Nothing but regular files is opened, and only to read EXIF.
+
+    Args:
+        inbox: the CCTV inbox.
+        since, until: the interval (aware, or naive UTC); ``None`` = open.
+        zones: camera id -> zone, for times without an offset and date folders; unknown
+            cameras take ``zones.default`` (or ``__missing__``, as
+            :class:`maskjob.storage.cameras.CameraZones` does); ``None``: every camera in UTC.
 
     Raises:
         MaskjobError: the inbox is not a folder, or cannot be listed at all.
@@ -291,6 +266,8 @@ def scan_inbox(inbox: str | Path, since: datetime | None = None, until: datetime
                             + (f"only the {len(entries)} entries read before the error are scored"
                                if entries else "none of its frames are scored until it can be read"))
         subfolders: list[Path] = []
+        depth = len(folder.relative_to(inbox).parts)
+        window = _date_window(since, until, camera_zone(zones, display_path(folder.name))) if depth == 1 else None
         for entry in sorted(entries, key=lambda e: e.name):
             if entry.name.startswith("."):
                 continue
@@ -300,7 +277,8 @@ def scan_inbox(inbox: str | Path, since: datetime | None = None, until: datetime
             except OSError:
                 is_folder = False
             if is_folder:
-                subfolders.append(path)
+                if window is None or not _outside(entry.name, window):
+                    subfolders.append(path)
                 continue
             if not is_image_name(entry.name):
                 if _links_to_folder(entry):
@@ -308,7 +286,7 @@ def scan_inbox(inbox: str | Path, since: datetime | None = None, until: datetime
                                     "followed; move or bind-mount its frames into the inbox to have them scored")
                 continue
             try:
-                found = _frame(path, inbox, root)
+                found = _frame(path, inbox, root, zones)
             except Exception as exc:  # noqa: BLE001 - one odd entry must not stop discovery
                 found = display_path(f"{path.relative_to(inbox).as_posix()}: could not be examined "
                                      f"({type(exc).__name__}: {exc}); not scored")
@@ -325,14 +303,14 @@ def scan_inbox(inbox: str | Path, since: datetime | None = None, until: datetime
 
 
 def discover_frames(
-    inbox: str | Path, since: datetime | None = None, until: datetime | None = None
+    inbox: str | Path, since: datetime | None = None, until: datetime | None = None, *, zones: Zones | None = None
 ) -> list[Frame]:
     """The frames of :func:`scan_inbox` (its warnings are logged).
 
     Raises:
         MaskjobError: the inbox is not a folder, or cannot be listed at all.
     """
-    return scan_inbox(inbox, since, until).frames
+    return scan_inbox(inbox, since, until, zones=zones).frames
 
 
 def shard_frames(frames: Sequence[Frame], index: int, count: int) -> list[Frame]:

@@ -77,10 +77,12 @@ class RunKey:
 
 
 def db_now(conn: sa.Connection) -> Any:
-    """The database's clock as naive UTC, for ``heartbeat_at``: on PostgreSQL the server's
+    """The database's clock as aware UTC, for ``heartbeat_at``: on PostgreSQL the server's
     (hosts' clocks may disagree), on SQLite this host's (the only one that can open the file)."""
     if conn.dialect.name == "postgresql":
-        return sa.func.timezone("UTC", sa.func.clock_timestamp())
+        from maskjob.storage.schema import UtcDateTime
+
+        return sa.func.clock_timestamp(type_=UtcDateTime())
     return utcnow()
 
 

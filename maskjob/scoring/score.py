@@ -53,7 +53,15 @@ from maskjob.scoring.faces import (
     failure_reason,
     prefetch,
 )
-from maskjob.scoring.frames import DecodedFrame, Frame, decode_frame, discover_frames, shard_frames
+from maskjob.scoring.frames import (
+    DecodedFrame,
+    Frame,
+    Zones,
+    camera_zone,
+    decode_frame,
+    discover_frames,
+    shard_frames,
+)
 from maskjob.scoring.lease import (
     HEARTBEAT_MAX_S,
     Heartbeat,
@@ -64,11 +72,12 @@ from maskjob.scoring.lease import (
     take_lease,
 )
 from maskjob.scoring.signals import ScoringInterrupted, Stop, pass_on, signals_deferred
+from maskjob.storage.cameras import CameraZones, camera_zones, ensure_cameras
 from maskjob.storage.database import session
 from maskjob.storage.registry import load_registered
 from maskjob.storage.schema import Image, ModelVersion
 from maskjob.storage.writes import insert_scored_images, path_key, storable_text
-from maskjob.timeutil import to_naive_utc, utcnow
+from maskjob.timeutil import local_facts, to_naive_utc, utcnow
 
 __all__ = [
     "HEARTBEAT_MAX_S",
@@ -164,17 +173,25 @@ def _scored_keys(engine: Engine, model_version_id: int, *, retry_unreadable: boo
 
 
 def image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[FrameFaces | Exception],
-               model_version_id: int, run_id: int | None) -> list[dict[str, Any]]:
-    """``images`` rows (with their ``faces``) for a batch, as :func:`score` writes them."""
+               model_version_id: int, run_id: int | None, zones: Zones | None = None
+               ) -> list[dict[str, Any]]:
+    """``images`` rows (with their ``faces``) for a batch, as :func:`score` writes them.
+
+    ``zones`` (camera id -> zone, e.g. :func:`maskjob.storage.cameras.camera_zones`) gives each
+    row its camera-local facts; without it every camera is taken as UTC.
+    """
     faces = iter(found_per_frame)
     scored_at = utcnow()
     rows = []
     for item in batch:
         f = item.frame
+        tz = camera_zone(zones, f.camera_id)
+        local_day, offset_s = local_facts(f.captured_at, tz)
         row: dict[str, Any] = {
             "path": f.rel_path, "content_sha256": item.content_sha256, "camera_id": f.camera_id,
             "captured_at": f.captured_at, "width": None, "height": None, "reason": item.reason,
             "model_version_id": model_version_id, "scoring_run_id": run_id, "scored_at": scored_at,
+            "timezone": getattr(tz, "key", "UTC"), "utc_offset_s": offset_s, "local_day": local_day,
         }
         if item.rgb is None:
             row.update(status="unreadable", n_faces=0, faces=[])
@@ -281,13 +298,16 @@ def score(
     classifier = load_registered(model)
     detector = create_detector(settings.detector, settings)
     inbox = Path(inbox)
-    frames = shard_frames(discover_frames(inbox, since, until), *shard)
+    with engine.connect() as conn:
+        zones = camera_zones(conn, settings)
+    frames = shard_frames(discover_frames(inbox, since, until, zones=zones), *shard)
     key = RunKey(model.id, model.version, shard, to_naive_utc(since) if since else None,
                   to_naive_utc(until) if until else None)
     stop = Stop()
     try:
         with signals_deferred(stop):
-            summary = _run(engine, settings, inbox, frames, key, detector, classifier, progress, lease_s, wait_s, stop)
+            summary = _run(engine, settings, inbox, frames, zones, key, detector, classifier, progress, lease_s,
+                           wait_s, stop)
     except ScoringInterrupted as exc:
         pass_on(exc.signum)
         raise
@@ -296,7 +316,7 @@ def score(
     return summary
 
 
-def _run(engine: Engine, settings: Settings, inbox: Path, frames: Sequence[Frame], key: RunKey,
+def _run(engine: Engine, settings: Settings, inbox: Path, frames: Sequence[Frame], zones: CameraZones, key: RunKey,
          detector: FaceDetector, classifier: FaceClassifier, progress: bool | None, lease_s: float, wait_s: float,
          stop: Stop) -> ScoreSummary:
     """Take the lease, score the frames not yet scored, close the run."""
@@ -310,11 +330,14 @@ def _run(engine: Engine, settings: Settings, inbox: Path, frames: Sequence[Frame
             summary.n_skipped = len(frames) - len(todo)
             with engine.begin() as conn:
                 beat(conn, run_id, n_skipped=summary.n_skipped)
+                new = ensure_cameras(conn, (f.camera_id for f in todo), settings)
+            if new:
+                logger.info("registered %d new camera(s) with the site defaults: %s", len(new), ", ".join(new))
             logger.info("scoring %d frames (%d already scored) with %s, run %d",
                         len(todo), summary.n_skipped, key.model_version, run_id)
             stop.check()
-            _score_frames(engine, settings, inbox.resolve(), todo, detector, classifier, key.model_id, summary,
-                          progress, heartbeat, stop)
+            _score_frames(engine, settings, inbox.resolve(), todo, zones, detector, classifier, key.model_id,
+                          summary, progress, heartbeat, stop)
     except BaseException as exc:
         summary.elapsed_s = time.perf_counter() - started
         error = f"interrupted: {exc.signame}" if isinstance(exc, ScoringInterrupted) else f"{type(exc).__name__}: {exc}"
@@ -359,7 +382,8 @@ def _write_batch(engine: Engine, rows: Sequence[dict[str, Any]], summary: ScoreS
     _tally(summary, stored, n_skipped)
 
 
-def _score_frames(engine: Engine, settings: Settings, root: Path, todo: Sequence[Frame], detector: FaceDetector,
+def _score_frames(engine: Engine, settings: Settings, root: Path, todo: Sequence[Frame], zones: CameraZones,
+                  detector: FaceDetector,
                   classifier: FaceClassifier, model_id: int, summary: ScoreSummary, progress: bool | None,
                   heartbeat: Heartbeat, stop: Stop) -> None:
     """Decode, detect, classify and write ``todo`` in batches (:func:`_write_batch`); after each
@@ -375,7 +399,7 @@ def _score_frames(engine: Engine, settings: Settings, root: Path, todo: Sequence
         images = ([d.rgb for d in batch if d.rgb is not None] for batch in image_batches)
         with closing(classify_batches(images, detector, classifier)) as found:
             for batch, found_per_frame in zip(frame_batches, found):
-                _write_batch(engine, image_rows(batch, found_per_frame, model_id, summary.run_id), summary,
+                _write_batch(engine, image_rows(batch, found_per_frame, model_id, summary.run_id, zones), summary,
                              settings.retry_unreadable)
                 bar.update(len(batch))
                 stop.check()

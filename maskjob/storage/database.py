@@ -135,6 +135,14 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _postgres_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Session zone UTC (a user's `options` extra stays as it is): a naive time a query binds
+    # then means UTC, and timestamptz values and casts to date are UTC.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
+
+
 def _sqlite_on_begin(conn: Connection) -> None:
     # Take the write lock up front: concurrent shard writers then queue on busy_timeout
     # instead of failing with "database is locked" when a read upgrades to a write.
@@ -155,7 +163,9 @@ def make_engine(url: str | URL) -> Engine:
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        engine = sa.create_engine(parsed, pool_pre_ping=True)
+        event.listen(engine, "connect", _postgres_on_connect)
+        return engine
     except OSError as exc:
         raise MaskjobError(f"cannot create the folder for database {safe_url(parsed)} "
                            f"({exc.strerror or type(exc).__name__}). Check database_url and permissions.") from None
@@ -186,13 +196,14 @@ def _unreachable(url: str | URL, exc: Exception) -> MaskjobError:
     )
 
 
-def _alembic_config(connection: Connection | None = None) -> Any:
+def _alembic_config(connection: Connection | None = None, settings: Any = None) -> Any:
     from alembic.config import Config
 
     cfg = Config()
     # The migrations ship as package data (maskjob.migrations, alembic/ in the repository).
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["connection"] = connection
+    cfg.attributes["settings"] = settings  # site defaults for migration 0004 (None: load them)
     return cfg
 
 
@@ -205,13 +216,13 @@ def head_revision() -> str:
     return head
 
 
-def _run_migration(url: str | URL, action: str, rev: str) -> str | None:
+def _run_migration(url: str | URL, action: str, rev: str, settings: Any = None) -> str | None:
     from alembic import command
     from alembic.util import CommandError
 
     try:
         with engine_for(url) as engine, engine.begin() as conn:
-            getattr(command, action)(_alembic_config(conn), rev)
+            getattr(command, action)(_alembic_config(conn, settings), rev)
     except CommandError as exc:
         raise MaskjobError(f"cannot {action} database {safe_url(url)} to {rev!r}: {scrub(str(exc), url)}. "
                            "Use a revision from `maskjob db current` / alembic/versions, or 'head'/'base'.") from None
@@ -224,9 +235,13 @@ def _run_migration(url: str | URL, action: str, rev: str) -> str | None:
     return current(url)
 
 
-def upgrade(url: str | URL, rev: str = "head") -> str | None:
-    """Migrate the database up to ``rev`` (one transaction); returns the new revision."""
-    new = _run_migration(url, "upgrade", rev)
+def upgrade(url: str | URL, rev: str = "head", *, settings: Any = None) -> str | None:
+    """Migrate the database up to ``rev`` (one transaction); returns the new revision.
+
+    ``settings`` gives migration 0004 the site zone and camera defaults (default: loaded
+    from ``MASKJOB_*`` and ``maskjob.toml``).
+    """
+    new = _run_migration(url, "upgrade", rev, settings)
     logger.info("database %s is at revision %s", safe_url(url), new)
     return new
 

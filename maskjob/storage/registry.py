@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -36,7 +36,7 @@ from maskjob.errors import MaskjobError
 from maskjob.imageio import sha256_file
 from maskjob.storage.database import session
 from maskjob.storage.schema import ModelVersion, PromotionDecision
-from maskjob.timeutil import utcnow
+from maskjob.timeutil import to_utc, utcnow
 
 __all__ = [
     "Scored", "Decision", "PromotionResult", "Evaluator",
@@ -112,7 +112,7 @@ def _created_at(meta: Mapping[str, Any], path: Path) -> datetime:
     except (TypeError, ValueError):
         raise MaskjobError(f"checkpoint {path} has created_at {meta['created_at']!r}, not an ISO time; "
                            "retrain it with `maskjob train`") from None
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    return to_utc(moment)
 
 
 def _metrics_nonfinite(metrics: Mapping[str, Any]) -> bool:

@@ -2,24 +2,28 @@
 
 The schema is created and changed only by the Alembic migrations (``alembic/`` in the
 repository, ``maskjob/migrations`` in the wheel); the ORM classes here mirror them (a test
-compares the two). Times are naive UTC.
+compares the two). Every time column is :class:`UtcDateTime`: ``timestamptz`` on PostgreSQL,
+text with an explicit ``+00:00`` on SQLite, aware UTC in Python. Images also store their
+camera-local facts (zone name, UTC offset, local day) because SQLite has no zone database.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+import re
+from datetime import UTC, date, datetime
 from typing import Any, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import ForeignKey, Index, MetaData, UniqueConstraint
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 import maskjob
 from maskjob.vocab import IMAGE_STATUSES, MODEL_STATUSES, RUN_STATUSES
 
 __all__ = [
-    "Base", "ModelVersion", "PromotionDecision", "ScoringRun", "Image", "Face", "VIEW_NAMES",
+    "Base", "Camera", "ModelVersion", "UtcDateTime", "PromotionDecision", "ScoringRun", "Image", "Face", "VIEW_NAMES",
     "face_predictions", "image_predictions", "daily_compliance", "path_key", "raw_text_bytes",
 ]
 
@@ -58,8 +62,47 @@ def path_key(path: str) -> str:
     return hashlib.sha256(raw_text_bytes(path)).hexdigest()
 
 
+# SQLite: "2026-11-24 07:15:00.000000+00:00"; rows written before migration 0004 (no offset,
+# maybe no fraction) still parse. SQLite's date functions read the suffix as UTC.
+SQLITE_UTC_FORMAT = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d+00:00"
+_SQLITE_UTC_READ = re.compile(r"(\d+)-(\d+)-(\d+)[ T](\d+):(\d+):(\d+)(?:\.(\d{6}))?(?:\+00:00|Z)?$")
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """An instant stored as UTC: ``timestamptz`` on PostgreSQL, ``...+00:00`` text on SQLite.
+
+    Binds aware times (converted to UTC) and naive ones (taken as UTC); reads aware UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sqlite.DATETIME(storage_format=SQLITE_UTC_FORMAT, regexp=_SQLITE_UTC_READ))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return aware.replace(tzinfo=None) if dialect.name == "sqlite" else aware
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _path_key_default(context: Any) -> str:
     return path_key(context.get_current_parameters()["path"])
+
+
+def _local_default(context: Any) -> tuple[date, int]:
+    from maskjob.timeutil import local_facts, zone
+
+    params = context.get_current_parameters()
+    return local_facts(params["captured_at"], zone(params.get("timezone") or "UTC"))
 
 
 class Base(DeclarativeBase):
@@ -86,10 +129,10 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     test_macro_f1: Mapped[float | None] = mapped_column(sa.Float)
     diverged: Mapped[bool] = mapped_column(sa.Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     status: Mapped[str] = mapped_column(sa.String(16), default="candidate")
     decision_reason: Mapped[str | None] = mapped_column(sa.Text)
-    promoted_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    promoted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class PromotionDecision(Base):
@@ -98,7 +141,7 @@ class PromotionDecision(Base):
     __tablename__ = "promotion_decisions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    decided_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    decided_at: Mapped[datetime] = mapped_column(UtcDateTime)
     candidate_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     champion_before_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     promoted: Mapped[bool] = mapped_column(sa.Boolean)
@@ -121,13 +164,13 @@ class ScoringRun(Base):
     __table_args__ = (sa.CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    interval_start: Mapped[datetime | None] = mapped_column(sa.DateTime)
-    interval_end: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    interval_start: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    interval_end: Mapped[datetime | None] = mapped_column(UtcDateTime)
     shard_index: Mapped[int] = mapped_column(default=0)
     shard_count: Mapped[int] = mapped_column(default=1)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    started_at: Mapped[datetime] = mapped_column(sa.DateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     n_frames: Mapped[int] = mapped_column(default=0)
     n_faces: Mapped[int] = mapped_column(default=0)
     n_no_face: Mapped[int] = mapped_column(default=0)
@@ -135,7 +178,7 @@ class ScoringRun(Base):
     n_skipped: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(sa.String(16), default="running")
     error: Mapped[str | None] = mapped_column(sa.Text)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     lease_s: Mapped[float | None] = mapped_column(sa.Float)
     pid: Mapped[int | None]
     hostname: Mapped[str | None] = mapped_column(sa.Text)
@@ -166,7 +209,7 @@ class Image(Base):
     path_key: Mapped[str] = mapped_column(sa.String(64), default=_path_key_default)
     content_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     camera_id: Mapped[str] = mapped_column(sa.Text)
-    captured_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    captured_at: Mapped[datetime] = mapped_column(UtcDateTime)
     width: Mapped[int | None]
     height: Mapped[int | None]
     status: Mapped[str] = mapped_column(sa.String(16))
@@ -174,10 +217,36 @@ class Image(Base):
     n_faces: Mapped[int] = mapped_column(default=0)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id", ondelete="SET NULL"))
-    scored_at: Mapped[datetime] = mapped_column(sa.DateTime)
+    scored_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Camera-local facts at capture, fixed at write time (migration 0004); a row inserted
+    # without them is taken as UTC (the scorer always writes the camera's zone).
+    timezone: Mapped[str] = mapped_column(sa.Text, default="UTC")
+    utc_offset_s: Mapped[int] = mapped_column(default=lambda ctx: _local_default(ctx)[1])
+    local_day: Mapped[date] = mapped_column(sa.Date, default=lambda ctx: _local_default(ctx)[0])
 
     faces: Mapped[list[Face]] = relationship(back_populates="image", cascade="all, delete-orphan",
                                              order_by="Face.face_index")
+
+
+class Camera(Base):
+    """A camera: its zone, site, and what is expected of it (``maskjob cameras``, migration 0004)."""
+
+    __tablename__ = "cameras"
+    __table_args__ = (
+        sa.CheckConstraint("compliance_target >= 0 AND compliance_target <= 1", name="compliance_target"),
+        sa.CheckConstraint("expected_frames_per_hour IS NULL OR expected_frames_per_hour >= 0",
+                           name="expected_frames_per_hour"),
+    )
+
+    camera_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    display_name: Mapped[str | None] = mapped_column(sa.Text)
+    site: Mapped[str | None] = mapped_column(sa.Text)
+    timezone: Mapped[str] = mapped_column(sa.Text)
+    expected_frames_per_hour: Mapped[float | None] = mapped_column(sa.Float)
+    compliance_target: Mapped[float] = mapped_column(sa.Float)
+    auto_registered: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Face(Base):
@@ -208,35 +277,38 @@ class Face(Base):
     image: Mapped[Image] = relationship(back_populates="faces")
 
 
-# The analysts' views, created by migration 0002 (ranked per path_key since 0003). Declared
-# here (outside Base.metadata, so never created as tables) for typed Core queries: ``day``
-# reads as a date on both databases.
+# The analysts' views, created by migration 0002 (ranked per path_key since 0003, local time
+# since 0004). Declared here (outside Base.metadata, so never created as tables) for typed
+# Core queries: ``day``/``local_day`` read as dates on both databases. ``captured_local`` is
+# the camera's wall time: a timestamp on PostgreSQL, text with its offset on SQLite.
 _views = MetaData()
 
 
 face_predictions = sa.Table(
     "face_predictions", _views,
     sa.Column("image_id", sa.Integer), sa.Column("image_path", sa.String),
-    sa.Column("camera_id", sa.String), sa.Column("captured_at", sa.DateTime),
+    sa.Column("camera_id", sa.String), sa.Column("captured_at", UtcDateTime),
     sa.Column("face_index", sa.Integer),
     *(sa.Column(name, sa.Integer) for name in ("x1", "y1", "x2", "y2")),
     sa.Column("detector_score", sa.Float), sa.Column("label", sa.String),
     *(sa.Column(f"p_{name}", sa.Float) for name in maskjob.CLASSES),
     sa.Column("confidence", sa.Float), sa.Column("model_version", sa.String),
-    sa.Column("scored_at", sa.DateTime),
+    sa.Column("scored_at", UtcDateTime),
+    sa.Column("captured_local", sa.String), sa.Column("timezone", sa.String), sa.Column("local_day", sa.Date),
 )
 
 
 image_predictions = sa.Table(
     "image_predictions", _views,
     sa.Column("image_id", sa.Integer), sa.Column("image_path", sa.String),
-    sa.Column("camera_id", sa.String), sa.Column("captured_at", sa.DateTime),
+    sa.Column("camera_id", sa.String), sa.Column("captured_at", UtcDateTime),
     sa.Column("status", sa.String), sa.Column("reason", sa.String),
     sa.Column("width", sa.Integer), sa.Column("height", sa.Integer),
     sa.Column("n_faces", sa.Integer),
     *(sa.Column(f"n_{name}", sa.Integer) for name in maskjob.CLASSES),
     sa.Column("compliant", sa.Integer), sa.Column("model_version", sa.String),
-    sa.Column("scored_at", sa.DateTime),
+    sa.Column("scored_at", UtcDateTime),
+    sa.Column("captured_local", sa.String), sa.Column("timezone", sa.String), sa.Column("local_day", sa.Date),
 )
 
 
@@ -244,5 +316,5 @@ daily_compliance = sa.Table(
     "daily_compliance", _views,
     sa.Column("day", sa.Date), sa.Column("camera_id", sa.String),
     *(sa.Column(name, sa.Integer) for name in ("images", "no_face", "unreadable", "faces", *maskjob.CLASSES)),
-    sa.Column("compliance_rate", sa.Float),
+    sa.Column("compliance_rate", sa.Float), sa.Column("timezone", sa.String),
 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 
 from maskjob.storage.schema import Base, Face, Image, path_key, raw_text_bytes
+from maskjob.timeutil import local_facts, to_utc, zone
 
 __all__ = [
     "MAX_INDEXED_TEXT_BYTES", "MAX_REASON_CHARS", "insert_images_and_faces", "insert_scored_images", "path_key",
@@ -98,6 +100,18 @@ def _cut_reason(reason: str) -> str:
     return f"{reason[:MAX_REASON_CHARS]}... [{len(reason) - MAX_REASON_CHARS} more characters]"
 
 
+def _fill_local_facts(row: dict[str, Any]) -> None:
+    """``local_day``/``utc_offset_s`` from ``captured_at`` in ``timezone`` when not given
+    (a row without a ``timezone`` is taken as UTC); ``captured_at`` as aware UTC."""
+    captured = row.get("captured_at")
+    if not isinstance(captured, datetime):
+        return
+    row["captured_at"] = to_utc(captured)
+    row.setdefault("timezone", "UTC")
+    if row.get("local_day") is None or row.get("utc_offset_s") is None:
+        row["local_day"], row["utc_offset_s"] = local_facts(captured, zone(row["timezone"]))
+
+
 def storable_image(image: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of an ``images`` row (``"faces"`` kept) that both databases store as it is.
 
@@ -106,11 +120,14 @@ def storable_image(image: Mapping[str, Any]) -> dict[str, Any]:
     bytes (:func:`storable_text`); a ``camera_id`` over :data:`MAX_INDEXED_TEXT_BYTES` is
     shortened; a ``content_sha256`` that is not a sha256 hex digest is dropped (``None``); a
     ``reason`` over :data:`MAX_REASON_CHARS` is cut. Each change is appended to ``reason``.
+    Missing camera-local facts (``local_day``, ``utc_offset_s``) are computed from
+    ``captured_at`` in the row's ``timezone`` (UTC when the row names none).
     """
     row = dict(image)
     notes: list[str] = []
     if row.get("path_key") is None:
         row["path_key"] = path_key(row["path"])
+    _fill_local_facts(row)
     for column in ("path", "camera_id", "reason"):
         value = row.get(column)
         if isinstance(value, str):
@@ -168,7 +185,8 @@ def _error_line(exc: BaseException) -> str:
 
 def _unstorable(row: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
     """The row the database refused, as an ``unreadable`` row without faces saying why."""
-    keep = ("path", "path_key", "camera_id", "captured_at", "model_version_id", "scoring_run_id", "scored_at")
+    keep = ("path", "path_key", "camera_id", "captured_at", "model_version_id", "scoring_run_id", "scored_at",
+            "timezone", "utc_offset_s", "local_day")
     reason = f"could not be stored as scored ({_error_line(exc)})"
     if row.get("reason"):
         reason = f"{reason}; {row['reason']}"

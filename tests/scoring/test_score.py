@@ -206,8 +206,8 @@ def test_only_frames_in_the_interval_are_scored(champion_url, tiny_demo):
     engine.dispose()
     expected = {f.rel_path for f in frames if since <= f.captured_at < until}
     assert {p for p, _ in stored} == expected and summary.n_frames == len(expected) == len(frames) - 4
-    assert all(since <= t < until for _, t in stored)
-    assert (run.interval_start, run.interval_end) == (since, until)
+    assert all(since <= timeutil.to_naive_utc(t) < until for _, t in stored)
+    assert (run.interval_start, run.interval_end) == (timeutil.to_utc(since), timeutil.to_utc(until))
 
 
 def test_model_version_choice_and_errors(migrated_db_url, tiny_demo, tiny_checkpoints):

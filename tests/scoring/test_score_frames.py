@@ -14,6 +14,12 @@ from maskjob.errors import MaskjobError
 from maskjob.scoring.frames import capture_time, discover_frames, name_timestamp, shard_frames
 from maskjob.timeutil import to_naive_utc
 
+UTC = timezone.utc
+
+
+def _utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
 
 def _jpeg(path: Path, exif_time: str | None = None, exif_offset: str | None = None, mtime: datetime | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +42,10 @@ def _jpeg(path: Path, exif_time: str | None = None, exif_offset: str | None = No
         ("cam3_2026-11-24_07-15-00.jpg", datetime(2026, 11, 24, 7, 15)),
         ("20261124_071500.png", datetime(2026, 11, 24, 7, 15)),
         ("IMG_20261124-071500.jpeg", datetime(2026, 11, 24, 7, 15)),
-        ("2026-11-24T07:15:00Z.jpg", datetime(2026, 11, 24, 7, 15)),
+        ("2026-11-24T07:15:00Z.jpg", _utc(2026, 11, 24, 7, 15)),  # with an offset: aware UTC
+        ("20261124T071500+0100.jpg", _utc(2026, 11, 24, 6, 15)),
+        ("20261124T071500-0530.jpg", _utc(2026, 11, 24, 12, 45)),
+        ("20261124T071500-0001.jpg", datetime(2026, 11, 24, 7, 15)),  # a counter, not an offset
         ("20261399T000000_20261124T071500.jpg", datetime(2026, 11, 24, 7, 15)),  # first is no date
         ("frame_0001.jpg", None),
         ("20261124071500123.jpg", None),  # digits run on: not a time stamp

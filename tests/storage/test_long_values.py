@@ -109,10 +109,11 @@ def test_upgrade_from_0002_keeps_every_row(db_url):
     before, views_before = _tables(db_url), _views(db_url)
     assert (len(before["images"]), len(before["faces"]), len(before["scoring_runs"])) == (24, 16, 2)
 
-    assert database.upgrade(db_url) == "0003"
+    assert database.upgrade(db_url, "0003") == "0003"
     after = _tables(db_url)
     assert _old_columns(after, db_url) == before  # every row, every value, every id
     assert _views(db_url) == views_before
+    assert database.upgrade(db_url) == "0004"
     engine = database.open_database(db_url)
     try:
         with engine.connect() as conn:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -142,7 +142,7 @@ def test_face_predictions_show_the_last_scoring(scored_url):
     assert rows[0].confidence == pytest.approx(0.7)
     fp = schema.face_predictions
     typed = _query(scored_url, sa.select(fp.c.captured_at).order_by(fp.c.image_path, fp.c.face_index).limit(1))
-    assert typed[0].captured_at == datetime(2026, 11, 24, 8)
+    assert typed[0].captured_at == datetime(2026, 11, 24, 8, tzinfo=UTC)
 
 
 def test_daily_compliance_aggregates_per_utc_day_and_camera(scored_url):
