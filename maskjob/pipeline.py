@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from sqlalchemy.engine import URL
-
 from maskjob.config import Settings, load_settings
 from maskjob.errors import MaskjobError
 
@@ -58,21 +56,17 @@ def database_url_from_connection(
     login: str | None = None,
     password: str | None = None,
     port: int | None = None,
+    extra: Mapping[str, Any] | str | None = None,
 ) -> str:
-    """A SQLAlchemy URL from an Airflow connection's fields (``postgres`` or ``sqlite``)."""
-    kind = (conn_type or "").lower()
-    if kind in {"postgres", "postgresql"}:
-        return URL.create(
-            "postgresql+psycopg", username=login, password=password, host=host, port=port, database=schema
-        ).render_as_string(hide_password=False)
-    if kind == "sqlite":
-        if not host:
-            raise MaskjobError("the sqlite connection has no host; set its host to the database file path.")
-        return f"sqlite:///{Path(host).expanduser().resolve()}"
-    raise MaskjobError(
-        f"connection type {conn_type!r} is not supported for the predictions database; "
-        "use a postgres or sqlite connection, or pass database_url instead."
-    )
+    """A SQLAlchemy URL (text) from an Airflow connection's fields and extras (``postgres`` or ``sqlite``).
+
+    See :func:`maskjob.storage.connections.url_from_connection` (which extras are honoured).
+    """
+    from maskjob.storage.connections import url_from_connection
+
+    return url_from_connection(
+        conn_type, host=host, schema=schema, login=login, password=password, port=port, extra=extra
+    ).render_as_string(hide_password=False)
 
 
 def _utc(iso: str) -> datetime:
@@ -121,13 +115,13 @@ def decide_retrain(
     """
     from maskjob.storage.database import database, upgrade
     from maskjob.storage.registry import champion
-    from maskjob.timeutil import utcnow
+    from maskjob.timeutil import to_utc, utcnow
 
     settings = run_settings(config)
-    upgrade(settings.database_url)
+    upgrade(settings.database_url, settings=settings)
     with database(settings.database_url) as engine:
         current = champion(engine)
-    moment = _utc(now) if now else utcnow()
+    moment = to_utc(datetime.fromisoformat(now)) if now else utcnow()
     if force:
         retrain, reason = True, "retraining was forced (force_retrain)"
     elif current is None:
@@ -205,18 +199,26 @@ def plan_scoring(config: Mapping[str, Any], start: str, end: str, shard_count: i
         MaskjobError: no champion model (nothing passed the promotion rules yet).
     """
     from maskjob.scoring.frames import discover_frames, shard_frames
+    from maskjob.storage.cameras import camera_zones, ensure_cameras
     from maskjob.storage.database import database
     from maskjob.storage.registry import champion
 
     settings = run_settings(config)
     with database(settings.database_url) as engine:
         current = champion(engine)
-    if current is None:
-        raise MaskjobError(
-            "there is no champion model to score with: no candidate has passed the promotion rules. "
-            "See `maskjob models list` for the decisions, then retrain (force_retrain) or promote one."
-        )
-    frames = discover_frames(settings.inbox_dir, since=_utc(start), until=_utc(end))
+        if current is None:
+            raise MaskjobError(
+                "there is no champion model to score with: no candidate has passed the promotion rules. "
+                "See `maskjob models list` for the decisions, then retrain (force_retrain) or promote one."
+            )
+        with engine.connect() as conn:
+            zones = camera_zones(conn, settings)
+        frames = discover_frames(settings.inbox_dir, since=_utc(start), until=_utc(end), zones=zones)
+        # Before the shards fan out: each new camera is registered once, with the site defaults.
+        with engine.begin() as conn:
+            new = ensure_cameras(conn, (f.camera_id for f in frames), settings)
+    if new:
+        logger.info("registered %d new camera(s) with the site defaults: %s", len(new), ", ".join(new))
     shards = []
     for index in range(shard_count):
         n_frames = len(shard_frames(frames, index, shard_count))
