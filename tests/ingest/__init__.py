@@ -1,0 +1,1 @@
+"""Tests of `maskjob ingest`: video files and live streams into the inbox."""
