@@ -18,13 +18,15 @@ settings' validation) and :mod:`maskjob.vocab` (architectures, image sizes).
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Sequence
 
+from airflow.providers.standard.sensors.time_delta import TimeDeltaSensor
 from airflow.sdk import (
     DAG,
     Asset,
-    CronTriggerTimetable,
+    BaseNotifier,
+    CronDataIntervalTimetable,
     ExceptionRetryPolicy,
     Param,
     RetryAction,
@@ -34,7 +36,9 @@ from airflow.sdk import (
     task,
 )
 
+from maskjob.alerts.run_alerts import RunFailureNotifier, record_task_error
 from maskjob.config import BOUNDS, Settings, load_settings
+from maskjob.timeutil import zone
 from maskjob.vocab import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TRANSFER_ARCHS
 
 __all__ = ["COMPLIANCE_REPORT", "CONN_ID_ENV", "DAG_ID", "DEFAULT_SCHEDULE", "SCHEDULE_ENV", "build_dag", "dag_params"]
@@ -42,7 +46,10 @@ __all__ = ["COMPLIANCE_REPORT", "CONN_ID_ENV", "DAG_ID", "DEFAULT_SCHEDULE", "SC
 DAG_ID = "mask_compliance"
 SCHEDULE_ENV = "MASKJOB_DAG_SCHEDULE"
 CONN_ID_ENV = "MASKJOB_DATABASE_CONN_ID"
-DEFAULT_SCHEDULE = "0 2 * * *"
+# Local midnight to local midnight in the site's zone (site_timezone): 23 or 25 hours on
+# the days clocks change. Late uploads are waited for by wait_for_late_uploads, not by
+# shifting the schedule, so the data interval stays the local day.
+DEFAULT_SCHEDULE = "0 0 * * *"
 
 # Downstream DAGs schedule on this asset; each event's ``extra`` carries the report path
 # and the interval it covers.
@@ -60,14 +67,24 @@ DOC_MD = f"""
    `force_retrain` is set; otherwise training is *skipped* and the run goes to scoring.
 3. **train_cnn** and **train_transfer** run in parallel.
 4. **register_and_promote** registers both candidates and applies the promotion rules.
-5. **plan_scoring** lists the frames captured in the run's data interval and splits them
+5. **wait_for_late_uploads** (a deferrable sensor) waits until `late_upload_grace_minutes`
+   after the interval's end; training does not wait for it.
+6. **plan_scoring** lists the frames captured in the run's data interval and splits them
    into `shards`; **score_shard** is mapped over them (one task per shard, so a
    distributed executor spreads them over workers).
-6. **render_reports** renders the interval's compliance report (and the model report when
+7. **render_reports** renders the interval's compliance report (and the model report when
    training ran) and publishes the `{COMPLIANCE_REPORT.name}` asset.
+8. **alert_compliance** sends one message when a camera is below its target, a registered
+   camera is silent, or unreadable frames exceed `alert_unreadable_fraction`.
 
-Schedule: `${SCHEDULE_ENV}` (default `{DEFAULT_SCHEDULE}`, UTC); each run covers the 24 hours
-ending at its logical date. `catchup` is off: a first deploy must not queue a run (and a
+A run that fails (any task, after its retries) sends one failure message (the DAG's
+`on_failure_callback`). Alerts go by e-mail through the Airflow connection `alert_conn_id`
+to `alert_email_to` (empty: logged only); see docs/ALERTS.md for other channels.
+
+Schedule: `${SCHEDULE_ENV}` (default `{DEFAULT_SCHEDULE}`), a cron expression in the site's
+zone (`site_timezone`) whose consecutive times bound each run's data interval: by default
+the local day, midnight to midnight, 23 or 25 hours when clocks change.
+`catchup` is off: a first deploy must not queue a run (and a
 possible retrain) for every missed night. Re-score past days on purpose with
 `airflow backfill create --dag-id {DAG_ID} --from-date ... --to-date ...`; re-runs are
 idempotent per (frame, model version) and never touch other intervals.
@@ -92,7 +109,8 @@ def dag_params(s: Settings) -> dict[str, Param]:
         "inbox_dir": Param(None, type=["null", "string"], description=_PATH_HELP.format(s.inbox_dir)),
         "database_url": Param(
             None, type=["null", "string"],
-            description="SQLAlchemy URL; empty: $MASKJOB_DATABASE_URL or data_dir/maskjob.db",
+            description="SQLAlchemy URL without a password (name a database with one by database_conn_id); "
+            "empty: $MASKJOB_DATABASE_URL or data_dir/maskjob.db",
         ),
         "database_conn_id": Param(
             os.environ.get(CONN_ID_ENV) or None, type=["null", "string"],
@@ -126,18 +144,20 @@ def dag_params(s: Settings) -> dict[str, Param]:
 
 
 def _config() -> dict[str, Any]:
-    """The run's params as pipeline config, with ``database_conn_id`` resolved to a URL."""
+    """The run's params as pipeline config, with ``database_conn_id`` resolved to a URL (extras honoured).
+
+    A ``database_url`` param with a password is refused: Airflow stores and shows conf and params.
+    """
     from airflow.sdk import Connection
 
-    from maskjob import pipeline
+    from maskjob.storage.connections import check_no_password_url, url_from_airflow_connection
 
     params = dict(get_current_context()["params"])
     conn_id = params.pop("database_conn_id", None)
+    check_no_password_url(params.get("database_url"))
     if conn_id:
-        conn = Connection.get(conn_id)
-        params["database_url"] = pipeline.database_url_from_connection(
-            conn.conn_type, host=conn.host, schema=conn.schema, login=conn.login, password=conn.password, port=conn.port
-        )
+        url = url_from_airflow_connection(Connection.get(conn_id))
+        params["database_url"] = url.render_as_string(hide_password=False)
     return params
 
 
@@ -147,22 +167,39 @@ def _interval() -> tuple[str, str]:
     return context["data_interval_start"].isoformat(), context["data_interval_end"].isoformat()
 
 
-def build_dag() -> DAG:
-    """A new ``mask_compliance`` DAG; the DAG file calls this once per parse."""
+def timetable(settings: Settings) -> CronDataIntervalTimetable:
+    """Data intervals between consecutive ``$MASKJOB_DAG_SCHEDULE`` times in ``site_timezone``.
+
+    Airflow's cron data-interval timetable computes each boundary in local time, so an
+    interval is the local day (23 or 25 hours across a DST change), and a manual run or
+    ``dag.test(logical_date=t)`` covers the last whole interval ending at or before ``t``.
+    """
+    return CronDataIntervalTimetable(os.environ.get(SCHEDULE_ENV) or DEFAULT_SCHEDULE, timezone=settings.site_timezone)
+
+
+def build_dag(alert_notifiers: Sequence[BaseNotifier] = ()) -> DAG:
+    """A new ``mask_compliance`` DAG; the DAG file calls this once per parse.
+
+    Args:
+        alert_notifiers: notifiers that get every alert besides e-mail (a site's own DAG file
+            may pass e.g. a ``SlackNotifier``; see :mod:`maskjob.alerts.notifiers`).
+    """
     # Longer than our 60-line guide on purpose: TaskFlow declares each task (a few lines that
     # call maskjob.pipeline) inside the DAG function, so the wiring reads top to bottom here.
+    settings = load_settings()
+    extra_notifiers = list(alert_notifiers)
 
     @dag(
         dag_id=DAG_ID,
-        schedule=CronTriggerTimetable(
-            os.environ.get(SCHEDULE_ENV) or DEFAULT_SCHEDULE, timezone="UTC", interval=timedelta(days=1)
-        ),
-        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        schedule=timetable(settings),
+        start_date=datetime(2026, 1, 1, tzinfo=zone(settings.site_timezone)),
         catchup=False,
         max_active_runs=1,
         doc_md=DOC_MD,
         tags=["maskjob", "ml", "compliance"],
-        params=dag_params(load_settings()),
+        params=dag_params(settings),
+        # Once per failed run (not per task): no alert storm when several shards fail.
+        on_failure_callback=RunFailureNotifier(extra_notifiers),
         default_args={
             "owner": "maskjob",
             "retries": 2,
@@ -176,6 +213,8 @@ def build_dag() -> DAG:
                     exception="maskjob.errors.MaskjobError", action=RetryAction.FAIL, reason="user-fixable"
                 )]
             ),
+            # Runs only when a task has failed for good; keeps its error for the run's message.
+            "on_failure_callback": record_task_error,
         },
     )
     def mask_compliance() -> None:
@@ -213,6 +252,13 @@ def build_dag() -> DAG:
 
             return pipeline.register_and_promote(_config(), [cnn["checkpoint_path"], transfer["checkpoint_path"]])
 
+        # Deferrable: the wait frees its worker slot (a triggerer holds it); a past interval,
+        # as in `maskjob run --date` or a backfill, passes at once.
+        wait = TimeDeltaSensor(
+            task_id="wait_for_late_uploads", delta=timedelta(minutes=settings.late_upload_grace_minutes),
+            deferrable=True,
+        )
+
         @task(trigger_rule="none_failed_min_one_success")
         def plan_scoring() -> list[dict[str, Any]]:
             from maskjob import pipeline
@@ -239,12 +285,22 @@ def build_dag() -> DAG:
             }
             return reports
 
+        @task
+        def alert_compliance(reports: dict[str, Any]) -> dict[str, Any]:
+            from maskjob.alerts.run_alerts import send_compliance_alert
+
+            start, end = _interval()
+            return send_compliance_alert(_config(), start, end, reports["compliance_report"],
+                                         get_current_context(), extra_notifiers)
+
         decision = decide_training(validate_dataset())
         cnn, transfer = train_cnn(), train_transfer()
         decision >> [cnn, transfer]
         promotion = register_and_promote(cnn, transfer)
         shards = plan_scoring()
-        [decision, promotion] >> shards
-        score_shard.expand(shard=shards) >> render_reports(promotion)
+        [decision, promotion, wait] >> shards
+        reports = render_reports(promotion)
+        score_shard.expand(shard=shards) >> reports
+        alert_compliance(reports)
 
     return mask_compliance()

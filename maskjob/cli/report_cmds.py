@@ -14,7 +14,8 @@ __all__ = ["add_commands", "parse_day_or_time"]
 
 
 def parse_day_or_time(text: str) -> date | datetime:
-    """``2026-11-24`` as a date (a whole day), ``2026-11-24T07:00[Z]`` as naive UTC."""
+    """``2026-11-24`` as a date (a whole local day in ``site_timezone``), ``2026-11-24T07:00[Z]``
+    or ``2026-11-24T08:00+01:00`` as naive UTC (a time without an offset is UTC)."""
     try:
         if "T" not in text and " " not in text.strip():
             return check_year(date.fromisoformat(text))
@@ -69,14 +70,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="render an HTML report (compliance for a window, or the models)",
         description=(
             "maskjob report --from 2026-11-24 [--to 2026-11-30]: the compliance page for those days "
-            "(UTC, both inclusive). maskjob report model [--model VERSION]: the model page. "
+            "(local days in site_timezone, midnight to midnight, both inclusive). "
+            "maskjob report model [--model VERSION]: the model page. "
             "Both write one self-contained HTML file and print its path."
         ),
     )
     p.add_argument("kind", nargs="?", choices=("compliance", "model"), default="compliance",
                    help="which report (default: compliance)")
     p.add_argument("--from", dest="start", type=parse_day_or_time, metavar="DATE",
-                   help="first day (or ISO time) of the compliance window, UTC")
+                   help="first local day (site_timezone) of the compliance window, or an ISO time "
+                        "(UTC unless it has an offset)")
     p.add_argument("--to", dest="end", type=parse_day_or_time, metavar="DATE",
                    help="last day of the window, inclusive (an ISO time is the excluded end); default: --from")
     p.add_argument("--camera", metavar="ID", help="only this camera id (compliance report)")

@@ -29,7 +29,7 @@ from maskjob.cli import settings_from_args
 from maskjob.cli.console import Console, capture_output, console_handler
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
-from maskjob.timeutil import check_year
+from maskjob.timeutil import check_year, zone
 
 __all__ = ["add_commands", "airflow_environment", "cmd_run", "conf_from_settings", "logical_date_for"]
 
@@ -51,7 +51,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--date", type=_day,
-                   help="UTC day to score, YYYY-MM-DD (default: the demo day, maskjob.demo.builder.DEMO_DAY)")
+                   help="local day to score in site_timezone, YYYY-MM-DD, midnight to midnight "
+                        "(default: the demo day, maskjob.demo.builder.DEMO_DAY)")
     p.add_argument("--scale", type=float, help="demo data size factor when building it (default: demo_scale)")
     p.add_argument("--epochs", type=int, help="maximum training epochs per model (default: max_epochs)")
     p.add_argument("--image-size", type=int, help="training input size in pixels (default: per architecture)")
@@ -67,9 +68,11 @@ def _day(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD ({exc})") from None
 
 
-def logical_date_for(day: dt.date) -> dt.datetime:
-    """The logical date whose data interval (the 24 h before it) is exactly ``day`` in UTC."""
-    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+def logical_date_for(day: dt.date, tz_name: str = "UTC") -> dt.datetime:
+    """The logical date whose data interval is exactly the local ``day`` in zone ``tz_name``:
+    the next local midnight (the DAG's timetable covers the last whole local day before it)."""
+    local = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=zone(tz_name))
+    return local.astimezone(dt.UTC)
 
 
 def conf_from_settings(settings: Settings, *, image_size: int | None = None, force_retrain: bool = False) -> dict[str, Any]:
@@ -319,23 +322,27 @@ def _run_dag(args: argparse.Namespace, settings: Settings, day: dt.date, console
 
 
 def _run_and_report(args: argparse.Namespace, settings: Settings, day: dt.date, out: TextIO, log_path: Path) -> int:
+    from maskjob.alerts.run_alerts import RUN_LOG_ENV
     from maskjob.storage.database import safe_url
 
     dag = _load_dag()
+    os.environ[RUN_LOG_ENV] = str(log_path)  # a failure alert points at this file
     print(f"running DAG {DAG_ID} for {day}; Airflow log: {log_path}", file=out, flush=True)
     progress = TaskProgress(out)
     began = time.perf_counter()
     os.environ["MASKJOB_DATABASE_URL"] = settings.database_url  # dag.test() runs the tasks in this process
     with progress.installed():
         run = dag.test(
-            logical_date=logical_date_for(day),
+            logical_date=logical_date_for(day, settings.site_timezone),
             run_conf=conf_from_settings(settings, image_size=args.image_size, force_retrain=args.force_retrain),
         )
     elapsed_s = time.perf_counter() - began
     tis = sorted(run.get_task_instances(), key=lambda ti: (ti.task_id, ti.map_index))
     progress.finish(tis)
+    tz = zone(settings.site_timezone)
     print(f"DAG run {run.run_id}: {run.state} in {elapsed_s:.0f} s, interval "
-          f"{run.data_interval_start:%Y-%m-%d %H:%M} to {run.data_interval_end:%Y-%m-%d %H:%M} UTC", file=out)
+          f"{run.data_interval_start.astimezone(tz):%Y-%m-%d %H:%M %Z} to "
+          f"{run.data_interval_end.astimezone(tz):%Y-%m-%d %H:%M %Z} ({settings.site_timezone})", file=out)
     if run.state != "success":
         failed = [task_label(ti.task_id, ti.map_index) for ti in tis if ti.state == "failed"]
         raise MaskjobError(

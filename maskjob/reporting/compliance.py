@@ -33,8 +33,9 @@ from maskjob.config import Settings
 from maskjob.errors import MaskjobError
 from maskjob.imageio import ImageReadError, max_file_bytes, output_dir, read_file_inside, read_rgb, write_text
 from maskjob.reporting.compliance_data import WindowData, load_window
+from maskjob.reporting.figures import UNDER_DELIVERY_TOLERANCE, SiteFigures, camera_figures, registered_cameras
 from maskjob.reporting.render import CHART_RC, figure_data_uri, png_data_uri, template_environment
-from maskjob.timeutil import to_naive_utc
+from maskjob.timeutil import to_naive_utc, zone
 from maskjob.vocab import CLASS_COLOURS, slug
 
 __all__ = ["render_compliance_report", "compliance_context", "face_crop"]
@@ -43,10 +44,6 @@ logger = logging.getLogger(__name__)
 
 
 THUMB_PX = 160
-
-
-
-
 MAX_HEATMAP_CAMERAS = 30
 
 
@@ -112,6 +109,7 @@ class _CropMaker:
     not decode, its faces show a placeholder saying why."""
 
     def __init__(self, settings: Settings, blur: bool) -> None:
+        self.tz = zone(settings.site_timezone)
         self.inbox = settings.inbox_dir
         self.max_pixels = settings.max_image_pixels
         self.blur = blur
@@ -170,7 +168,7 @@ class _CropMaker:
                 "uri": uri,
                 "label": row.label,
                 "camera": row.camera_id,
-                "time": pd.Timestamp(row.captured_at).strftime("%Y-%m-%d %H:%M:%S"),
+                "time": _local(pd.Timestamp(row.captured_at).to_pydatetime(), self.tz).strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "confidence": float(row.confidence),
                 "file": _display_path(row.image_path)[0],
                 "missing": gone,
@@ -179,7 +177,8 @@ class _CropMaker:
         ]
 
 
-def _series_chart(data: WindowData, start: datetime, end: datetime, hourly: bool) -> tuple[str, tuple[int, int]] | None:
+def _series_chart(data: WindowData, start: datetime, end: datetime, hourly: bool,
+                  tz_name: str) -> tuple[str, tuple[int, int]] | None:
     series = data.series
     if series.empty:
         return None
@@ -187,7 +186,8 @@ def _series_chart(data: WindowData, start: datetime, end: datetime, hourly: bool
         hours = series["bucket"].astype(int)
         buckets = [f"{h:02d}" for h in range(int(hours.min()), int(hours.max()) + 1)]
     else:
-        days = pd.date_range(start.date(), (end - timedelta(microseconds=1)).date(), freq="D")
+        tz = zone(tz_name)
+        days = pd.date_range(_local(start, tz).date(), _local(end - timedelta(microseconds=1), tz).date(), freq="D")
         buckets = [d.strftime("%Y-%m-%d") for d in days]
     cameras = [c for c in data.cameras["camera_id"] if c in set(series["camera_id"])][:MAX_HEATMAP_CAMERAS]
     overall = series.groupby("bucket")[["with_mask", "faces"]].sum().reindex(buckets, fill_value=0)
@@ -217,39 +217,49 @@ def _series_chart(data: WindowData, start: datetime, end: datetime, hourly: bool
                             interpolation="nearest")
         bottom.set_yticks(range(len(cameras)), [str(c) for c in cameras])
         bottom.set_xticks(x[::step], tick_labels[::step], rotation=45 if not hourly else 0, ha="right" if not hourly else "center")
-        bottom.set_xlabel("hour of day (UTC)" if hourly else "day (UTC)")
+        bottom.set_xlabel(f"hour of day ({tz_name})" if hourly else f"day ({tz_name})")
         bottom.set_title("per camera, worst first (grey: no faces)", fontsize=9, loc="left")
         bottom.set_facecolor("#e6e8eb")
         fig.colorbar(img, ax=bottom, label="% with mask", shrink=0.9)
         return figure_data_uri(fig)
 
 
-def _normalise_window(start: date | datetime, end: date | datetime) -> tuple[datetime, datetime]:
+def _local(moment: datetime, tz: Any) -> datetime:
+    """A naive UTC moment as an aware local time in ``tz``."""
+    return moment.replace(tzinfo=UTC).astimezone(tz)
+
+
+def _normalise_window(start: date | datetime, end: date | datetime, tz_name: str = "UTC") -> tuple[datetime, datetime]:
+    """The window as naive UTC; a plain date means its midnight in ``tz_name`` (the site's zone)."""
+    tz = zone(tz_name)
+
     def as_naive_utc(value: date | datetime) -> datetime:
         if isinstance(value, datetime):
             return to_naive_utc(value)
-        return datetime.combine(value, time())
+        return to_naive_utc(datetime.combine(value, time(), tzinfo=tz))
 
     start_dt = as_naive_utc(start)
     # A plain date as the end means "up to and including that day".
-    end_dt = as_naive_utc(end) if isinstance(end, datetime) else datetime.combine(end + timedelta(days=1), time())
+    end_dt = as_naive_utc(end) if isinstance(end, datetime) else as_naive_utc(end + timedelta(days=1))
     if end_dt <= start_dt:
         raise MaskjobError(f"report window is empty: end {end} is not after start {start}. Pass --to on or after --from.")
     return start_dt, end_dt
 
 
-def _window_label(start: datetime, end: datetime) -> str:
+def _window_label(start: datetime, end: datetime, tz: Any) -> str:
+    start, end = _local(start, tz), _local(end, tz)
     last = end - timedelta(microseconds=1)
     if start.time() == time() and end.time() == time():
         if start.date() == last.date():
             return start.strftime("%d %b %Y")
         return f"{start:%d %b %Y} to {last:%d %b %Y}"
-    return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
+    return f"{start:%Y-%m-%d %H:%M %Z} to {end:%Y-%m-%d %H:%M %Z}"
 
 
-def _file_name(start: datetime, end: datetime, camera: str | None) -> str:
+def _file_name(start: datetime, end: datetime, camera: str | None, tz: Any) -> str:
+    start, end = _local(start, tz), _local(end, tz)
     if start.time() == time() and end.time() == time():
-        stamp = f"{start:%Y%m%d}_{end - timedelta(days=1):%Y%m%d}"
+        stamp = f"{start:%Y%m%d}_{end - timedelta(days=1):%Y%m%d}"  # wall-clock arithmetic: DST-safe
     else:
         stamp = f"{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
     suffix = f"_{slug(camera, 40, 'camera')}" if camera else ""
@@ -260,12 +270,36 @@ def _change(now: float | int | None, before: float | int | None) -> float | int 
     return None if now is None or before is None else now - before
 
 
+def _figures_context(site: SiteFigures, settings: Settings, camera: str | None) -> dict[str, Any]:
+    """The per-camera targets, statuses and the silent / under-delivering lists for the page."""
+    by_id = {c.camera_id: c.to_dict() for c in site.cameras}
+    target = by_id[camera]["target"] if camera in by_id else settings.default_compliance_target
+    return {
+        "figures": by_id,
+        "site_target": target,
+        "silent": [by_id[c.camera_id] for c in site.by_status("silent")],
+        "under_delivering": [by_id[c.camera_id] for c in site.by_status("under_delivering")],
+        "below_target": [by_id[c.camera_id] for c in site.by_status("below_target")],
+        "window_hours": site.hours,
+        "under_delivery_tolerance": UNDER_DELIVERY_TOLERANCE,
+        "unreadable_fraction": site.unreadable_fraction,
+        "unreadable_limit": site.unreadable_limit,
+        "unreadable_spike": site.unreadable_spike,
+    }
+
+
 def compliance_context(data: WindowData, settings: Settings, start: datetime, end: datetime,
-                       camera: str | None, blur: bool) -> dict[str, Any]:
-    """The template variables for a window's page (every value already safe to show)."""
+                       camera: str | None, blur: bool, site: SiteFigures | None = None) -> dict[str, Any]:
+    """The template variables for a window's page (every value already safe to show).
+
+    ``site`` is the window's :class:`~maskjob.reporting.figures.SiteFigures` (default: from
+    ``data`` with no registered cameras).
+    """
+    site = site or camera_figures(data, {}, settings, start, end, camera)
+    tz = zone(settings.site_timezone)
     cur, prev = data.current, data.previous
     prev_seen = prev.frames > 0
-    hourly = end - start <= timedelta(days=1)
+    hourly = end - start <= timedelta(hours=25)
     crops = _CropMaker(settings, blur)
     gallery = []
     for cam, group in data.gallery.groupby("camera_id", sort=False):
@@ -273,14 +307,17 @@ def compliance_context(data: WindowData, settings: Settings, start: datetime, en
         gallery.append({"camera": cam, "total": total, "faces": crops.items(group), "more": total - len(group)})
     order = {cam: i for i, cam in enumerate(data.cameras["camera_id"])}
     gallery.sort(key=lambda g: order.get(g["camera"], len(order)))
-    chart = _series_chart(data, start, end, hourly)
+    chart = _series_chart(data, start, end, hourly, settings.site_timezone)
     context = {
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "maskjob_version": maskjob.__version__,
-        "window_label": _window_label(start, end),
-        "previous_label": _window_label(start - (end - start), start),
-        "start": f"{start:%Y-%m-%d %H:%M}",
-        "end": f"{end:%Y-%m-%d %H:%M}",
+        "window_label": _window_label(start, end, tz),
+        "previous_label": _window_label(start - (end - start), start, tz),
+        "start": f"{_local(start, tz):%Y-%m-%d %H:%M %Z}",
+        "end": f"{_local(end, tz):%Y-%m-%d %H:%M %Z}",
+        "start_utc": f"{start:%Y-%m-%d %H:%M} UTC",
+        "end_utc": f"{end:%Y-%m-%d %H:%M} UTC",
+        "timezone": settings.site_timezone,
         "camera": camera,
         "empty": cur.frames == 0,
         "models": data.models.to_dict("records"),
@@ -306,6 +343,7 @@ def compliance_context(data: WindowData, settings: Settings, start: datetime, en
         "gallery_cap": settings.gallery_cap,
         "blur": blur,
         "review": {"threshold": settings.review_threshold, "total": data.review_total, "faces": crops.items(data.review)},
+        **_figures_context(site, settings, camera),
     }
     if crops.missing:
         logger.warning("%d gallery faces show a placeholder: their frame files are missing from %s",
@@ -331,7 +369,7 @@ def render_compliance_report(
         engine: the prediction database (schema at head).
         settings: ``inbox_dir`` (frames for the gallery), ``gallery_cap``, ``review_threshold``,
             ``blur_faces``, ``reports_dir``.
-        start: first moment (a date means its midnight UTC).
+        start: first moment (a date means its midnight in ``settings.site_timezone``).
         end: end of the window, excluded; a plain date means the end of that day.
         camera: restrict to one camera id.
         out_dir: where to write (default ``settings.reports_dir``).
@@ -343,19 +381,21 @@ def render_compliance_report(
     Raises:
         MaskjobError: an empty window, or a database without the maskjob schema.
     """
-    start_dt, end_dt = _normalise_window(start, end)
+    start_dt, end_dt = _normalise_window(start, end, settings.site_timezone)
     blur = settings.blur_faces if blur is None else blur
     try:
         data = load_window(engine, start_dt, end_dt, camera, gallery_cap=settings.gallery_cap,
-                           review_threshold=settings.review_threshold, review_cap=settings.gallery_cap)
+                           review_threshold=settings.review_threshold, review_cap=settings.gallery_cap,
+                           zone=settings.site_timezone)
+        site = camera_figures(data, registered_cameras(engine), settings, start_dt, end_dt, camera)
     except (OperationalError, ProgrammingError) as exc:
         raise MaskjobError(
             f"cannot read predictions from the database ({str(exc.orig).splitlines()[0]}). "
             "Run `maskjob db upgrade` to create the schema, then `maskjob score`."
         ) from None
-    context = compliance_context(data, settings, start_dt, end_dt, camera, blur)
+    context = compliance_context(data, settings, start_dt, end_dt, camera, blur, site)
     html = template_environment().get_template("compliance.html").render(**context)
     out = output_dir(out_dir or settings.reports_dir, "report folder")
-    path = write_text(out / _file_name(start_dt, end_dt, camera), html, "report")
+    path = write_text(out / _file_name(start_dt, end_dt, camera, zone(settings.site_timezone)), html, "report")
     logger.info("compliance report for %s: %s (%d KiB)", context["window_label"], path, len(html) // 1024)
     return path

@@ -62,8 +62,8 @@ class WindowCounts:
 class WindowData:
     """Everything the compliance page shows, already aggregated.
 
-    Frames: ``cameras`` (camera_id, frames, faces, with_mask, without_mask, partial_mask,
-    rate, prev_rate), ``series`` (bucket, camera_id, with_mask, faces), ``reasons`` (reason,
+    Frames: ``cameras`` (camera_id, frames, ok, no_face, unreadable, faces, with_mask,
+    without_mask, partial_mask, rate, prev_rate), ``series`` (bucket, camera_id, with_mask, faces), ``reasons`` (reason,
     frames), ``models`` (version, arch, frames), ``gallery`` (capped violation faces per
     camera), ``review`` (least confident faces). Totals: ``current``, ``previous``,
     ``status_counts``, ``review_total``.
@@ -124,13 +124,26 @@ def _latest(start: datetime, end: datetime, camera: str | None, superseded: bool
     return where
 
 
-def _bucket(conn: Connection, hourly: bool) -> sa.ColumnElement[str]:
-    """Hour of day (``"07"``) or calendar day (``"2026-11-24"``) of ``captured_at`` as text."""
+def _bucket(conn: Connection) -> sa.ColumnElement[str]:
+    """The UTC hour of ``captured_at`` as text (``"2026-11-24 07"``); :func:`_local_buckets` makes it local."""
     if conn.dialect.name == "postgresql":
-        return sa.func.to_char(_images.c.captured_at, "HH24" if hourly else "YYYY-MM-DD")
+        # timestamptz: render it in UTC whatever the session's TimeZone is.
+        return sa.func.to_char(sa.func.timezone("UTC", _images.c.captured_at), "YYYY-MM-DD HH24")
     # SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff'; substr is a third
     # of strftime's cost, which matters at a million rows.
-    return sa.func.substr(_images.c.captured_at, 12, 2) if hourly else sa.func.substr(_images.c.captured_at, 1, 10)
+    return sa.func.substr(_images.c.captured_at, 1, 13)
+
+
+def _local_buckets(utc_hours: pd.Series, zone: str, hourly: bool) -> pd.Series:
+    """UTC hour buckets as the site's local hour of day (``"07"``) or local day (``"2026-11-24"``).
+
+    Grouping by UTC hour in SQL and converting here keeps the SQL the same on both databases
+    and gets DST right: every UTC hour maps to exactly one local hour.
+    """
+    if utc_hours.empty:
+        return utc_hours.astype(str)
+    local = pd.to_datetime(utc_hours, format="%Y-%m-%d %H").dt.tz_localize("UTC").dt.tz_convert(zone)
+    return local.dt.strftime("%H" if hourly else "%Y-%m-%d")
 
 
 def _count_if(condition: sa.ColumnElement[bool], name: str) -> sa.Label[Any]:
@@ -160,10 +173,10 @@ def _frames(conn: Connection, prev_start: datetime, start: datetime, end: dateti
 
 
 def _faces(conn: Connection, prev_start: datetime, start: datetime, end: datetime, camera: str | None,
-           superseded: bool, hourly: bool, threshold: float) -> pd.DataFrame:
-    """Faces per label and below the review threshold, by (current window?, time bucket, camera)."""
+           superseded: bool, threshold: float) -> pd.DataFrame:
+    """Faces per label and below the review threshold, by (current window?, UTC hour, camera)."""
     current = sa.case((_images.c.captured_at >= start, 1), else_=0).label("current")
-    bucket = _bucket(conn, hourly).label("bucket")
+    bucket = _bucket(conn).label("bucket")
     counts = [_count_if(_faces_t.c.label == label, label) for label in CLASSES]
     stmt = (
         sa.select(current, bucket, _images.c.camera_id, *counts, _count_if(_faces_t.c.confidence < threshold, "unsure"))
@@ -232,7 +245,7 @@ def _rate(table: pd.DataFrame) -> pd.Series:
 
 def _camera_table(frames: pd.DataFrame, faces: pd.DataFrame, prev_faces: pd.DataFrame) -> pd.DataFrame:
     face_columns = [*CLASSES, "faces"]
-    per_camera = frames.groupby("camera_id")[["frames"]].sum()
+    per_camera = frames.groupby("camera_id")[["frames", *STATUSES]].sum()
     per_camera = per_camera.join(faces.groupby("camera_id")[face_columns].sum(), how="outer")
     per_camera = per_camera.fillna(0).astype("int64")
     per_camera["rate"] = _rate(per_camera)
@@ -252,6 +265,7 @@ def load_window(
     gallery_cap: int = 24,
     review_threshold: float = 0.75,
     review_cap: int = 24,
+    zone: str = "UTC",
 ) -> WindowData:
     """Aggregate the window ``[start, end)`` and the window of the same length before it.
 
@@ -265,13 +279,16 @@ def load_window(
         gallery_cap: violation faces kept per camera (most confident first).
         review_threshold: faces below this confidence go to the review queue.
         review_cap: review-queue faces kept (least confident first).
+        zone: IANA zone of the chart's buckets (local hour of day, or local day).
     """
-    hourly = end - start <= timedelta(days=1)
+    # 25 h: a local day with a DST change is still one day.
+    hourly = end - start <= timedelta(hours=25)
     prev_start = start - (end - start)
     with engine.connect() as conn:
         superseded = _mark_superseded(conn, prev_start, end, camera)
         all_frames = _frames(conn, prev_start, start, end, camera, superseded)
-        all_faces = _faces(conn, prev_start, start, end, camera, superseded, hourly, review_threshold)
+        all_faces = _faces(conn, prev_start, start, end, camera, superseded, review_threshold)
+        all_faces["bucket"] = _local_buckets(all_faces["bucket"], zone, hourly)
         faces, prev_faces = all_faces[all_faces["current"] == 1], all_faces[all_faces["current"] == 0]
         with_violations = faces.groupby("camera_id")[list(VIOLATIONS)].sum().sum(axis=1)
         cameras = sorted(with_violations[with_violations > 0].index) if gallery_cap else []

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image as PILImage
 
+from tests.reporting.site_data import DAY as SITE_DAY
+from tests.reporting.site_data import build_site
 from tests.reporting.test_model_report import registered  # noqa: F401 (fixture)
 from tests.reporting.test_report import HOSTILE, _build
 
@@ -80,6 +82,25 @@ def test_compliance_report_renders_offline(browser, settings_factory, tmp_path: 
     assert page.locator("script").count() == 0
     width, height = PILImage.open(shot).size
     assert width == 1360 and height > 900
+
+
+def test_site_report_shows_local_times_targets_and_delivery_sections(browser, settings_factory, tmp_path: Path) -> None:
+    from maskjob.reporting.compliance import render_compliance_report
+
+    site = build_site(f"sqlite:///{tmp_path / 'site.db'}", settings_factory, tmp_path)
+    path = render_compliance_report(site.engine, site.settings, SITE_DAY, SITE_DAY, out_dir=tmp_path)
+    site.engine.dispose()
+    page, seen = _open(browser, path, tmp_path / "site.png")
+    _assert_clean(seen)
+    header = page.locator("header").inner_text()
+    assert "2026-10-25 00:00 CEST to 2026-10-26 00:00 CET (Europe/Berlin;" in header
+    for selector in ("#delivery", "#silent", "#under-delivering", "#cameras"):
+        assert page.locator(selector).is_visible(), selector
+    assert page.locator("#silent tbody tr").all_inner_texts() == ["roof\t25"]
+    assert page.locator("#under-delivering tbody tr").all_inner_texts() == ["hall\t10\t25"]
+    hall = page.locator('#cameras tr[data-camera="hall"] td').all_inner_texts()
+    assert hall[5:] == ["50.0%", "95.0%", "-50.0 pts", "below target"]  # the evening before: 1 of 1 masked
+    assert page.locator('#cameras [data-metric="camera_rate"].bad').count() == 2  # hall and walk-in
 
 
 def test_model_report_renders_offline(browser, registered, tiny_demo, tmp_path: Path) -> None:  # noqa: F811

@@ -86,6 +86,7 @@ def _build(db_url: str, settings_factory, tmp_path: Path) -> Fixture:
                     for version, labs in ((old, ["with_mask"] * len(labels)), (new, labels)):
                         image = schema.Image(path=rel, camera_id=cam, captured_at=when, width=320, height=240,
                                          status=status, reason=reason, n_faces=len(labs),
+                                         timezone="UTC", utc_offset_s=0, local_day=when.date(),
                                          model_version_id=version.id,
                                          scored_at=datetime(2026, 11, 25) + timedelta(hours=version.id))
                         for k, lab in enumerate(labs):

@@ -196,7 +196,8 @@ def test_scheduler_runs_the_triggered_dag_end_to_end(standalone: Standalone, tin
         response = client.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
         assert response.status_code == 200 and response.json()["is_paused"] is False, response.text
         response = client.post(f"/api/v2/dags/{DAG_ID}/dagRuns",
-                               json={"logical_date": "2026-11-25T00:00:00Z", "conf": conf})
+                               json={"logical_date": "2026-11-25T00:00:00Z", "data_interval_start": "2026-11-24T00:00:00Z",
+                                     "data_interval_end": "2026-11-25T00:00:00Z", "conf": conf})
         assert response.status_code == 200, response.text
         run_id = response.json()["dag_run_id"]
         run = _wait_for_run(client, standalone, run_id)

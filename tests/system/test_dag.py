@@ -51,9 +51,11 @@ def test_task_graph_has_the_documented_shape(dag):
         "train_cnn": {"decide_training"},
         "train_transfer": {"decide_training"},
         "register_and_promote": {"train_cnn", "train_transfer"},
-        "plan_scoring": {"decide_training", "register_and_promote"},
+        "wait_for_late_uploads": set(),
+        "plan_scoring": {"decide_training", "register_and_promote", "wait_for_late_uploads"},
         "score_shard": {"plan_scoring"},
         "render_reports": {"score_shard", "register_and_promote"},
+        "alert_compliance": {"render_reports"},
     }
     tasks = dag.task_dict
     # Training is a branch that can be skipped; scoring and reporting must still run then.
@@ -78,12 +80,18 @@ def test_dag_level_settings(dag):
     from airflow.serialization.encoders import coerce_to_core_timetable
 
     timetable = coerce_to_core_timetable(dag.timetable)
-    assert timetable.summary == "0 2 * * *"
-    # Each run covers the 24 hours ending at its logical date.
+    assert timetable.summary == "0 0 * * *"
+    # With the default zone (UTC) a run covers the UTC day ending at its logical date.
     interval = timetable.infer_manual_data_interval(run_after=datetime(2026, 11, 25, 2, tzinfo=UTC))
     assert (interval.start.isoformat(), interval.end.isoformat()) == (
-        "2026-11-24T02:00:00+00:00", "2026-11-25T02:00:00+00:00"
+        "2026-11-24T00:00:00+00:00", "2026-11-25T00:00:00+00:00"
     )
+    # One failure message per run (DAG callback); every task records its final error.
+    from maskjob.alerts.run_alerts import RunFailureNotifier, record_task_error
+
+    assert isinstance(dag.on_failure_callback, RunFailureNotifier)
+    assert all(t.on_failure_callback in (record_task_error, [record_task_error]) for t in dag.tasks)
+    assert dag.task_dict["wait_for_late_uploads"].deferrable is True
 
 
 def test_maskjob_errors_fail_at_once_other_errors_retry(dag):
@@ -242,3 +250,60 @@ def test_database_url_from_airflow_connection_fields(tmp_path):
         database_url_from_connection("sqlite")
     with pytest.raises(MaskjobError, match="not supported"):
         database_url_from_connection("mysql", host="db")
+
+
+def _site_timetable(zone_name: str):
+    from airflow.serialization.encoders import coerce_to_core_timetable
+
+    from maskjob.dag import timetable
+
+    return coerce_to_core_timetable(timetable(load_settings(overrides={"site_timezone": zone_name})))
+
+
+@pytest.mark.parametrize(("zone_name", "day", "start_utc", "hours"), [
+    ("Europe/Berlin", "2026-03-29", "2026-03-28T23:00:00+00:00", 23),  # clocks go forward
+    ("Europe/Berlin", "2026-10-25", "2026-10-24T22:00:00+00:00", 25),  # clocks go back
+    ("Europe/Berlin", "2026-11-24", "2026-11-23T23:00:00+00:00", 24),
+    ("Asia/Kathmandu", "2026-11-24", "2026-11-23T18:15:00+00:00", 24),  # UTC+05:45
+    ("Pacific/Kiritimati", "2026-11-24", "2026-11-23T10:00:00+00:00", 24),  # UTC+14
+])
+def test_each_run_covers_the_sites_local_day_dst_included(zone_name, day, start_utc, hours):
+    from datetime import date, timedelta
+    from datetime import time as dt_time
+    from zoneinfo import ZoneInfo
+
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    from maskjob.cli.run_cmds import logical_date_for
+
+    table = _site_timetable(zone_name)
+    local_day = date.fromisoformat(day)
+    tz = ZoneInfo(zone_name)
+    # A manual run (maskjob run --date, dag.test) at the local day's end covers that day.
+    interval = table.infer_manual_data_interval(run_after=logical_date_for(local_day, zone_name))
+    assert interval.start.isoformat() == start_utc
+    assert (interval.end - interval.start).total_seconds() == hours * 3600
+    assert interval.start.astimezone(tz).time() == interval.end.astimezone(tz).time() == dt_time(0)
+    assert interval.end.astimezone(tz).date() == local_day + timedelta(days=1)
+    # The scheduler's next run after the previous local day is this one, then the next local day.
+    before = table.infer_manual_data_interval(run_after=interval.start)
+    restriction = TimeRestriction(earliest=None, latest=None, catchup=True)
+    info = table.next_dagrun_info(last_automated_data_interval=before, restriction=restriction)
+    assert info.data_interval == DataInterval(interval.start, interval.end)
+    assert info.run_after == interval.end
+    following = table.next_dagrun_info(last_automated_data_interval=interval, restriction=restriction)
+    assert following.data_interval.start == interval.end
+    assert following.data_interval.end.astimezone(tz).date() == local_day + timedelta(days=2)
+
+
+def test_site_timezone_and_grace_reach_the_dag():
+    result = _in_subprocess(
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"dag = DagBag(dag_folder={str(DAGS_DIR)!r}).dags['mask_compliance']\n"
+        "print(json.dumps({'tz': str(dag.timetable.timezone), 'start': dag.start_date.isoformat(),\n"
+        "                  'grace_s': dag.task_dict['wait_for_late_uploads'].delta.total_seconds()}))\n",
+        MASKJOB_SITE_TIMEZONE="Europe/Berlin", MASKJOB_LATE_UPLOAD_GRACE_MINUTES="90",
+    )
+    assert result["tz"] == "Europe/Berlin" and result["grace_s"] == 90 * 60
+    assert result["start"] == "2025-12-31T23:00:00+00:00"  # local midnight, 1 January, stored as UTC

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ pytestmark = [
     pytest.mark.slow,
     # Airflow's in-process execution API imports starlette's TestClient, which warns about httpx.
     pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated"),
+    pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS"),
 ]
 
 DAG_ID = "mask_compliance"
@@ -32,6 +34,8 @@ LOGICAL_DATE = datetime(2026, 11, 25, tzinfo=UTC)
 OTHER_LOGICAL_DATE = datetime(2026, 11, 27, tzinfo=UTC)
 # dag.test() clears earlier runs of the same logical date: later runs get their own.
 BROKEN_LOGICAL_DATE = datetime(2026, 11, 21, tzinfo=UTC)
+ALERTED_BROKEN_LOGICAL_DATE = datetime(2026, 11, 19, tzinfo=UTC)
+ALERT_TO = "safety@site.example"
 POSTGRES_LOGICAL_DATE = datetime(2026, 11, 25, 1, tzinfo=UTC)  # its interval still holds all of DAY
 
 # The tasks run in this process and read maskjob settings from the environment: reuse the
@@ -329,6 +333,8 @@ def test_broken_dataset_fails_the_validation_task_with_its_message(airflow_dag, 
     states = _states(run)
     assert run.state == "failed"
     assert states["validate_dataset"] == ["failed"]
+    # The grace sensor does not depend on the dataset; everything downstream of validation stops.
+    assert states.pop("wait_for_late_uploads") == ["success"]
     assert all(s == ["upstream_failed"] for t, s in states.items() if t != "validate_dataset"), states
     out = capfd.readouterr()
     log = out.out + out.err
@@ -336,3 +342,139 @@ def test_broken_dataset_fails_the_validation_task_with_its_message(airflow_dag, 
     # A MaskjobError is not retried: the first try is final.
     ti = next(t for t in run.get_task_instances() if t.task_id == "validate_dataset")
     assert ti.try_number == 1
+
+
+@pytest.fixture
+def alerts_on(smtp_server, monkeypatch) -> Any:  # noqa: F811
+    """E-mail alerts to the test's SMTP server for this test's runs (tasks run in-process)."""
+    smtp_server.clear()
+    for key, value in smtp_server.connection_env().items():  # alert_conn_id: smtp_default
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASKJOB_ALERT_EMAIL_TO", ALERT_TO)
+    return smtp_server
+
+
+def test_a_failed_run_sends_exactly_one_message_naming_the_task_and_error(airflow_dag, workspace, broken_dataset,
+                                                                          alerts_on):
+    root, victim = broken_dataset
+    run = airflow_dag(ALERTED_BROKEN_LOGICAL_DATE, {**workspace["conf"], "dataset_root": str(root)})
+    states = _states(run)
+    assert run.state == "failed" and states["validate_dataset"] == ["failed"]
+    assert sum(s == ["upstream_failed"] for s in states.values()) >= 5  # many tasks down, one message
+    [message] = alerts_on.received(settle_s=1.0)
+    (workspace["data_dir"] / "failure-alert.eml").write_bytes(bytes(message))  # kept for a person to read
+    assert message["To"] == ALERT_TO
+    assert message["Subject"] == f"[maskjob] mask_compliance run failed at validate_dataset: {run.run_id}"
+    body = message.get_body(("html",)).get_content()
+    assert f"The mask_compliance run {run.run_id} failed at validate_dataset (after retries)." in body
+    assert "Interval: 2026-11-18 00:00 UTC to 2026-11-19 00:00 UTC (UTC, 24 h)" in body
+    assert "  - validate_dataset:\n      the training dataset at" in body and "is broken" in body and victim in body
+    assert "No compliance report was published for this run." in body
+
+
+def _set_cameras(db_url: str, **changes: Any) -> list[str]:
+    from maskjob.storage.cameras import list_cameras, set_camera
+
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        ids = [c.camera_id for c in list_cameras(conn)]
+        for camera_id in ids:
+            set_camera(conn, camera_id, **changes)
+    engine.dispose()
+    return ids
+
+
+def test_a_run_where_every_camera_meets_its_target_sends_nothing(airflow_dag, workspace, rerun, alerts_on,
+                                                                 monkeypatch):
+    cameras = _set_cameras(workspace["db_url"], compliance_target=0.0, expected_frames_per_hour=None)
+    assert cameras  # scoring registered the inbox's cameras
+    monkeypatch.setenv("MASKJOB_ALERT_UNREADABLE_FRACTION", "1.0")
+    run = airflow_dag(LOGICAL_DATE, workspace["conf"])
+    assert run.state == "success", _states(run)
+    assert _xcom(run, "alert_compliance") == {"alerted": False, "subject": None, "problems": {},
+                                              "unreadable_spike": False}
+    assert alerts_on.received(settle_s=1.0) == []
+
+
+def test_a_low_compliance_run_sends_one_message_with_the_cameras_figures(airflow_dag, workspace, rerun, alerts_on):
+    from maskjob.pipeline import run_settings
+    from maskjob.storage.cameras import add_camera
+
+    cameras = _set_cameras(workspace["db_url"], compliance_target=1.0)
+    engine = sa.create_engine(workspace["db_url"])
+    with engine.begin() as conn:
+        add_camera(conn, "cam-silent", compliance_target=0.5, settings=run_settings(workspace["conf"]))
+    engine.dispose()
+    run = airflow_dag(LOGICAL_DATE, workspace["conf"])
+    assert run.state == "success", _states(run)
+    outcome = _xcom(run, "alert_compliance")
+    assert outcome["alerted"] is True and outcome["problems"]["cam-silent"] == ["silent"]
+    report = _xcom(run, "render_reports")["compliance_report"]
+    [message] = alerts_on.received(settle_s=1.0)
+    (workspace["data_dir"] / "compliance-alert.eml").write_bytes(bytes(message))  # kept for a person to read
+    assert message["Subject"] == outcome["subject"]
+    assert message["Subject"].startswith("[maskjob] compliance alert 24 Nov 2026: ")
+    assert "1 silent" in message["Subject"]
+    body = message.get_body(("html",)).get_content()
+    assert f"Report: {report}" in body and f"DAG run: {run.run_id}" in body
+    assert "Silent cameras (registered, no frame):\n  - cam-silent: compliance n/a (target 50.0%), 0 faces" in body
+    below = [c for c, problems in outcome["problems"].items() if "below_target" in problems]
+    assert below and set(below) <= set(cameras)
+    for camera in below:  # each named with its compliance against its 100 % target
+        assert re.search(rf"  - {re.escape(camera)}: compliance \d+\.\d% \(target 100\.0%\), \d+ faces", body)
+    html = Path(report).read_text(encoding="utf-8")
+    assert 'data-silent="cam-silent"' in html and 'data-metric="camera_target">100.0%' in html
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(420)
+def test_under_a_real_scheduler_a_failed_run_sends_one_message(tmp_path, smtp_server):  # noqa: F811
+    """`airflow standalone` (scheduler, DAG processor, LocalExecutor): the DAG processor runs the
+    failure callback. With no dataset in its data dir, the run the scheduler creates for
+    yesterday fails at validate_dataset."""
+    import signal
+    import time
+
+    from maskjob.cli.run_cmds import airflow_environment
+
+    smtp_server.clear()
+    port = _free_port()
+    env = {
+        **os.environ, **TASK_ENV, **airflow_environment(tmp_path / "airflow", REPO_ROOT / "dags"),
+        **smtp_server.connection_env(),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "MASKJOB_DATA_DIR": str(tmp_path / "data"), "MASKJOB_ALERT_EMAIL_TO": ALERT_TO, "OMP_NUM_THREADS": "1",
+    }
+    log = (tmp_path / "standalone.log").open("wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"], env=env, cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not smtp_server.received(settle_s=2.0) and time.monotonic() < deadline and proc.poll() is None:
+            pass
+        time.sleep(10)  # room for a second message, which must not come
+        messages = smtp_server.received()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+    tail = (tmp_path / "standalone.log").read_text(errors="replace")[-3000:]
+    assert len(messages) == 1, tail
+    subject = messages[0]["Subject"]
+    assert subject.startswith("[maskjob] mask_compliance run failed at validate_dataset: scheduled__"), subject
+    body = messages[0].get_body(("html",)).get_content()
+    assert f"dataset root {tmp_path / 'data' / 'dataset'} does not exist" in body  # the error, via XCom
+    assert f"log: http://127.0.0.1:{port}/dags/mask_compliance/runs/scheduled__" in body
