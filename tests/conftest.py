@@ -16,4 +16,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.demo",
     "tests.fixtures.models",
+    "tests.fixtures.smtp",
+    "tests.fixtures.streams",
+    "tests.fixtures.celery_site",
 ]

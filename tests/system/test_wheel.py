@@ -37,7 +37,7 @@ DATA_PACKAGES = (
     ("maskjob.dags", "dags", ("mask_compliance.py",)),
 )
 DAY = "2026-11-24"  # maskjob.demo.builder.DEMO_DAY: the demo inbox's frames are captured then
-TEST_ONLY = {"iniconfig", "playwright", "pytest", "pytest-timeout"}
+TEST_ONLY = {"aiosmtpd", "atpublic", "iniconfig", "playwright", "pytest", "pytest-timeout"}
 
 
 def _pyproject() -> dict:
@@ -49,7 +49,8 @@ def _lock(name: str) -> dict[str, tuple[str, frozenset[str]]]:
     entries: dict[str, tuple[str, set[str]]] = {}
     current = None
     for line in (REPO_ROOT / "requirements" / name).read_text().splitlines():
-        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line)
+        # ``name[extra,...]==version``: make lock keeps extras (pip 25 needs them for hash checking).
+        match = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
         if match:
             current = re.sub(r"[-_.]+", "-", match[1]).lower()
             entries[current] = (match[2], set())
@@ -215,7 +216,7 @@ def test_installed_maskjob_is_the_wheel_with_its_data_and_dag(installed: dict):
         assert result[key] == str(site / "maskjob" / folder)
     assert result["errors"] == {} and result["dag_ids"] == ["mask_compliance"]
     assert result["fileloc"] == str(site / "maskjob" / "dags" / "mask_compliance.py")
-    assert result["tasks"] == 8 and result["heavy"] == []
+    assert result["tasks"] == 10 and result["heavy"] == []
     # The console script runs the venv's interpreter.
     assert (installed["venv"] / "bin" / "maskjob").read_text().splitlines()[0] == f"#!{installed['python']}"
 
