@@ -15,10 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -27,9 +23,10 @@ import pytest
 
 from maskjob import resources
 from tests.fixtures.paths import REPO_ASSETS, REPO_ROOT, REPO_TORCH_HOME
+from tests.fixtures.wheel import build_wheel, make_venv
+from tests.fixtures.wheel import run as _run
 
 # What the build reads: the package, the folders mapped into it, and the project metadata.
-BUILD_INPUTS = ("pyproject.toml", "README.md", "maskjob", "templates", "alembic", "dags")
 # Mapped data packages: (package, repository folder, files the wheel must hold from it).
 DATA_PACKAGES = (
     ("maskjob.templates", "templates", ("*.html",)),
@@ -107,30 +104,10 @@ def test_facenet_is_test_only_and_pinned_to_the_wheel_the_assets_use():
     assert "--no-deps --require-hashes -r requirements/test-nodeps.lock" in setup
 
 
-def _run(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: int = 300) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel, built from a copy of the sources (setuptools never prunes build/ in a tree)."""
-    work = tmp_path_factory.mktemp("wheel")
-    src = work / "src"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in BUILD_INPUTS:
-        source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, src / name, ignore=ignore)
-        else:
-            src.mkdir(exist_ok=True)
-            shutil.copy2(source, src / name)
-    # No build isolation: the locked setuptools of this venv builds it, offline.
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-          "-w", str(work / "dist"), str(src)], cwd=work, env=dict(os.environ))
-    (built,) = (work / "dist").glob("maskjob-*.whl")
-    return built
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.mark.slow
@@ -158,19 +135,8 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A venv with the wheel and nothing else of its own; the locked packages come from this venv."""
     work = tmp_path_factory.mktemp("installed")
     venv = work / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=work, env=dict(os.environ))
+    site = make_venv(wheel, venv)
     python = venv / "bin" / "python"
-    # Installed before the .pth exists, so pip sees an empty venv (and never this venv's maskjob).
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
-          str(wheel)], cwd=work, env=dict(os.environ))
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     cwd=work, env=dict(os.environ)).strip())
-    # Appended after the venv's own site-packages: the wheel's maskjob wins, the rest is shared.
-    # Every site-packages folder on this interpreter's path (this venv may itself reach its
-    # packages through a .pth); not the checkout, not the working directory.
-    shared = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
-    assert sysconfig.get_paths()["purelib"] in shared
-    (site / "locked-packages.pth").write_text("".join(f"{p}\n" for p in shared))
     home = work / "home"  # the working directory: no checkout, data lands in ./data
     home.mkdir()
     env = {k: v for k, v in os.environ.items()
