@@ -13,7 +13,7 @@ import pytest
 from maskjob.cli import main
 from maskjob.ingest.source import Backoff, display_source
 from maskjob.scoring.frames import scan_inbox
-from tests.fixtures.streams import free_port
+from tests.fixtures.net import free_port
 from tests.ingest.helpers import exif_time, frames, name_time, run_ingest, start_ingest, wait_for_frames
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.net import free_port
 from tests.fixtures.paths import REPO_ASSETS, REPO_ROOT, REPO_TORCH_HOME
 
 pytestmark = pytest.mark.slow
@@ -40,12 +40,6 @@ class Standalone:
 
     def log_tail(self, n_chars: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-n_chars:]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _processes_with_home(home: Path) -> list[int]:
@@ -90,7 +84,7 @@ def _stop(proc: subprocess.Popen[bytes], home: Path) -> None:
 def standalone(tmp_path: Path) -> Iterator[Standalone]:
     home = tmp_path / "airflow"
     home.mkdir()
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent
     env = {

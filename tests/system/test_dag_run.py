@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from maskjob.errors import MaskjobError
+from tests.fixtures.net import free_port
 from tests.fixtures.paths import REPO_ASSETS, REPO_ROOT, REPO_TORCH_HOME
 
 pytestmark = [
@@ -426,14 +427,6 @@ def test_a_low_compliance_run_sends_one_message_with_the_cameras_figures(airflow
     assert 'data-silent="cam-silent"' in html and 'data-metric="camera_target">100.0%' in html
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.timeout(420)
 def test_under_a_real_scheduler_a_failed_run_sends_one_message(tmp_path, smtp_server):  # noqa: F811
     """`airflow standalone` (scheduler, DAG processor, LocalExecutor): the DAG processor runs the
@@ -445,7 +438,7 @@ def test_under_a_real_scheduler_a_failed_run_sends_one_message(tmp_path, smtp_se
     from maskjob.cli.run_cmds import airflow_environment
 
     smtp_server.clear()
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ, **TASK_ENV, **airflow_environment(tmp_path / "airflow", REPO_ROOT / "dags"),
         **smtp_server.connection_env(),
