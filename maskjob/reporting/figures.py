@@ -16,18 +16,18 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 from sqlalchemy.engine import Engine
 
 from maskjob.config import Settings
 from maskjob.reporting.compliance_data import WindowData, load_window
+from maskjob.storage.cameras import Camera, list_cameras, site_defaults
 
 __all__ = [
     "CAMERA_STATUSES",
     "CameraFigures",
-    "RegisteredCamera",
     "SiteFigures",
     "UNDER_DELIVERY_TOLERANCE",
     "camera_figures",
@@ -42,15 +42,6 @@ logger = logging.getLogger(__name__)
 UNDER_DELIVERY_TOLERANCE = 0.2
 # Worst first: a camera's status is the first of its problems in this order.
 CAMERA_STATUSES = ("silent", "below_target", "under_delivering", "no_faces", "ok")
-
-
-@dataclass(frozen=True)
-class RegisteredCamera:
-    """What the figures need from a row of the ``cameras`` table."""
-
-    camera_id: str
-    compliance_target: float
-    expected_frames_per_hour: float | None
 
 
 @dataclass(frozen=True)
@@ -107,14 +98,10 @@ class SiteFigures:
         return self.unreadable_fraction is not None and self.unreadable_fraction > self.unreadable_limit
 
 
-def registered_cameras(engine: Engine) -> dict[str, RegisteredCamera]:
-    """The ``cameras`` table's targets and expectations by camera id."""
-    from maskjob.storage.cameras import list_cameras
-
+def registered_cameras(engine: Engine) -> dict[str, Camera]:
+    """The ``cameras`` table's rows by camera id."""
     with engine.connect() as conn:
-        cameras = list_cameras(conn)
-    return {c.camera_id: RegisteredCamera(c.camera_id, c.compliance_target, c.expected_frames_per_hour)
-            for c in cameras}
+        return {c.camera_id: c for c in list_cameras(conn)}
 
 
 def _problems(frames: int, rate: float | None, target: float, expected: float | None,
@@ -134,7 +121,7 @@ def _int(row: dict[str, Any], name: str) -> int:
     return 0 if pd.isna(value) else int(value)
 
 
-def camera_figures(data: WindowData, registry: dict[str, RegisteredCamera], settings: Settings,
+def camera_figures(data: WindowData, registry: Mapping[str, Camera], settings: Settings,
                    start: datetime, end: datetime, camera: str | None = None) -> SiteFigures:
     """The figures of every camera that sent frames or is registered (only ``camera`` if given).
 
@@ -146,14 +133,15 @@ def camera_figures(data: WindowData, registry: dict[str, RegisteredCamera], sett
         start, end: the window (naive UTC); its length in hours scales the expected frames
             (23 or 25 on a day with a DST change).
     """
+    defaults = site_defaults(settings)
     hours = (end - start).total_seconds() / 3600.0
     rows = {r["camera_id"]: r for r in data.cameras.to_dict("records")}
     ids = list(rows) + sorted(c for c in registry if c not in rows and camera in (None, c))
     cameras = []
     for cam in ids:
         row, reg = rows.get(cam, {}), registry.get(cam)
-        target = reg.compliance_target if reg else settings.default_compliance_target
-        per_hour = reg.expected_frames_per_hour if reg else (settings.default_expected_frames_per_hour or None)
+        target = reg.compliance_target if reg else defaults["compliance_target"]
+        per_hour = reg.expected_frames_per_hour if reg else defaults["expected_frames_per_hour"]
         expected = per_hour * hours if per_hour else None
         frames, faces = _int(row, "frames"), _int(row, "faces")
         rate = _int(row, "with_mask") / faces if faces else None

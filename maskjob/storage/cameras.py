@@ -29,7 +29,7 @@ from maskjob.timeutil import utcnow, zone
 
 __all__ = [
     "Camera", "CameraZones", "EDITABLE", "add_camera", "camera_zones", "ensure_cameras", "get_camera",
-    "list_cameras", "set_camera",
+    "list_cameras", "set_camera", "site_defaults",
 ]
 
 # What `maskjob cameras add|set` may change (camera_id, auto_registered and the times are not).
@@ -112,7 +112,9 @@ def get_camera(conn: Connection, camera_id: str) -> Camera | None:
     return None if row is None else _camera(row)
 
 
-def _defaults(settings: Settings) -> dict[str, Any]:
+def site_defaults(settings: Settings) -> dict[str, Any]:
+    """The fields a camera registered without them gets (and an unregistered camera is judged by);
+    ``default_expected_frames_per_hour`` 0 means no expectation (``None``)."""
     return {"display_name": None, "site": None, "timezone": settings.site_timezone,
             "expected_frames_per_hour": settings.default_expected_frames_per_hour or None,
             "compliance_target": settings.default_compliance_target}
@@ -132,7 +134,7 @@ def add_camera(conn: Connection, camera_id: str, *, display_name: str | None = N
         raise MaskjobError(f"camera {camera_id!r} is already registered; change it with `maskjob cameras set`")
     given = {"display_name": display_name, "site": site, "timezone": timezone,
              "expected_frames_per_hour": expected_frames_per_hour, "compliance_target": compliance_target}
-    values = {**_defaults(settings), **_checked({k: v for k, v in given.items() if v is not None})}
+    values = {**site_defaults(settings), **_checked({k: v for k, v in given.items() if v is not None})}
     now = utcnow()
     conn.execute(sa.insert(CameraRow).values(camera_id=camera_id, auto_registered=False, created_at=now,
                                              updated_at=now, **values))
@@ -175,7 +177,7 @@ def ensure_cameras(conn: Connection, camera_ids: Iterable[str], settings: Settin
         return []
     known = set(conn.execute(sa.select(CameraRow.camera_id).where(CameraRow.camera_id.in_(wanted))).scalars())
     now = utcnow()
-    rows = [{"camera_id": c, **_defaults(settings), "auto_registered": True, "created_at": now, "updated_at": now}
+    rows = [{"camera_id": c, **site_defaults(settings), "auto_registered": True, "created_at": now, "updated_at": now}
             for c in wanted if c not in known]
     if not rows:
         return []
