@@ -16,14 +16,15 @@ from typing import Any, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import ForeignKey, Index, MetaData, UniqueConstraint
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 import maskjob
 from maskjob.vocab import IMAGE_STATUSES, MODEL_STATUSES, RUN_STATUSES
 
 __all__ = [
-    "Base", "Camera", "ModelVersion", "UtcDateTime", "PromotionDecision", "ScoringRun", "Image", "Face", "VIEW_NAMES",
+    "Base", "Camera", "ModelVersion", "UtcDateTime", "PromotionDecision", "ScoringRun", "Image", "Face",
+    "LatestScoring", "HourlyCount", "VIEW_NAMES",
     "face_predictions", "image_predictions", "daily_compliance", "path_key", "raw_text_bytes",
 ]
 
@@ -126,7 +127,8 @@ class ModelVersion(Base):
     checkpoint_path: Mapped[str] = mapped_column(sa.Text)
     checkpoint_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
     dataset_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))
-    metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(sa.JSON().with_variant(postgresql.JSONB(), "postgresql"),
+                                                    default=dict)
     test_macro_f1: Mapped[float | None] = mapped_column(sa.Float)
     diverged: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -202,6 +204,7 @@ class Image(Base):
         # Serves the views' "latest scoring per path" window.
         Index("ix_images_path_key_scored_at_id", "path_key", "scored_at", "id"),
         Index("ix_images_path", "path", postgresql_using="hash"),
+        Index("ix_images_model_version_id_captured_at", "model_version_id", "captured_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -215,6 +218,10 @@ class Image(Base):
     status: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str | None] = mapped_column(sa.Text)
     n_faces: Mapped[int] = mapped_column(default=0)
+    # Face counts by label, written with the faces (migration 0005): what latest_scorings copies.
+    n_with_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    n_without_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    n_partial_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id", ondelete="SET NULL"))
     scored_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -277,10 +284,75 @@ class Face(Base):
     image: Mapped[Image] = relationship(back_populates="faces")
 
 
+class LatestScoring(Base):
+    """The scoring that counts for one path (migration 0005): its image and the columns the
+    views filter and count on, copied from it.
+
+    The rule: among the images of a ``path_key``, the latest ``scored_at``, then the highest
+    ``id``. Database triggers keep this table (and :class:`HourlyCount`) right in the
+    transaction of every write to ``images``; :func:`maskjob.storage.derived.rebuild`
+    recomputes both from scratch.
+    """
+
+    __tablename__ = "latest_scorings"
+    __table_args__ = (
+        Index("ix_latest_scorings_captured_at", "captured_at"),
+        Index("ix_latest_scorings_camera_id_captured_at", "camera_id", "captured_at"),
+        Index("ix_latest_scorings_local_day_camera_id", "local_day", "camera_id"),
+        Index("ix_latest_scorings_status_captured_at", "status", "captured_at"),
+    )
+
+    path_key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    model_version_id: Mapped[int]
+    camera_id: Mapped[str] = mapped_column(sa.Text)
+    captured_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    scored_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    timezone: Mapped[str] = mapped_column(sa.Text)
+    local_day: Mapped[date] = mapped_column(sa.Date)
+    hour_utc: Mapped[datetime] = mapped_column(UtcDateTime)  # captured_at floored to the UTC hour
+    status: Mapped[str] = mapped_column(sa.String(16))
+    n_faces: Mapped[int]
+    n_with_mask: Mapped[int]
+    n_without_mask: Mapped[int]
+    n_partial_mask: Mapped[int]
+
+
+class HourlyCount(Base):
+    """Sums over :class:`LatestScoring` per UTC hour, camera, local day, zone and model version.
+
+    ``compliant`` counts frames with status ``ok``, faces, and every face ``with_mask``. A row
+    whose ``images`` fell to 0 (its frames were rescored into another key) may remain:
+    readers filter ``images > 0``.
+    """
+
+    __tablename__ = "hourly_counts"
+    __table_args__ = (
+        Index("ix_hourly_counts_camera_id_hour_utc", "camera_id", "hour_utc"),
+        Index("ix_hourly_counts_local_day_camera_id", "local_day", "camera_id"),
+    )
+
+    hour_utc: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    camera_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    local_day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    timezone: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(primary_key=True)
+    images: Mapped[int]
+    ok: Mapped[int]
+    no_face: Mapped[int]
+    unreadable: Mapped[int]
+    faces: Mapped[int]
+    with_mask: Mapped[int]
+    without_mask: Mapped[int]
+    partial_mask: Mapped[int]
+    compliant: Mapped[int]
+
+
 # The analysts' views, created by migration 0002 (ranked per path_key since 0003, local time
-# since 0004). Declared here (outside Base.metadata, so never created as tables) for typed
-# Core queries: ``day``/``local_day`` read as dates on both databases. ``captured_local`` is
-# the camera's wall time: a timestamp on PostgreSQL, text with its offset on SQLite.
+# since 0004, reading latest_scorings and hourly_counts since 0005). Declared here (outside
+# Base.metadata, so never created as tables) for typed Core queries: ``day``/``local_day`` read
+# as dates on both databases. ``captured_local`` is the camera's wall time: a timestamp on
+# PostgreSQL, text with its offset on SQLite.
 _views = MetaData()
 
 
@@ -317,4 +389,5 @@ daily_compliance = sa.Table(
     sa.Column("day", sa.Date), sa.Column("camera_id", sa.String),
     *(sa.Column(name, sa.Integer) for name in ("images", "no_face", "unreadable", "faces", *maskjob.CLASSES)),
     sa.Column("compliance_rate", sa.Float), sa.Column("timezone", sa.String),
+    sa.Column("compliant_frames", sa.Integer),
 )

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from maskjob.storage.schema import Base, Face, Image, path_key, raw_text_bytes
 from maskjob.timeutil import local_facts, to_utc, zone
+from maskjob.vocab import CLASSES
 
 __all__ = [
     "MAX_INDEXED_TEXT_BYTES", "MAX_REASON_CHARS", "insert_images_and_faces", "insert_scored_images", "path_key",
@@ -112,6 +113,20 @@ def _fill_local_facts(row: dict[str, Any]) -> None:
         row["local_day"], row["utc_offset_s"] = local_facts(captured, zone(row["timezone"]))
 
 
+# images' face counts by label (migration 0005), which latest_scorings and the views read.
+LABEL_COUNT_COLUMNS = {f"n_{label}": label for label in CLASSES}
+
+
+def _fill_face_counts(row: dict[str, Any]) -> None:
+    """``n_faces`` and ``n_<label>`` from the row's ``"faces"`` where the caller gave none."""
+    faces = row.get("faces") or ()
+    if row.get("n_faces") is None:
+        row["n_faces"] = len(faces)
+    for column, label in LABEL_COUNT_COLUMNS.items():
+        if row.get(column) is None:
+            row[column] = sum(1 for face in faces if face.get("label") == label)
+
+
 def storable_image(image: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of an ``images`` row (``"faces"`` kept) that both databases store as it is.
 
@@ -121,10 +136,13 @@ def storable_image(image: Mapping[str, Any]) -> dict[str, Any]:
     shortened; a ``content_sha256`` that is not a sha256 hex digest is dropped (``None``); a
     ``reason`` over :data:`MAX_REASON_CHARS` is cut. Each change is appended to ``reason``.
     Missing camera-local facts (``local_day``, ``utc_offset_s``) are computed from
-    ``captured_at`` in the row's ``timezone`` (UTC when the row names none).
+    ``captured_at`` in the row's ``timezone`` (UTC when the row names none). Face counts the
+    caller left out (``n_faces``, ``n_with_mask``, ``n_without_mask``, ``n_partial_mask``) are
+    counted from ``"faces"``.
     """
     row = dict(image)
     notes: list[str] = []
+    _fill_face_counts(row)
     if row.get("path_key") is None:
         row["path_key"] = path_key(row["path"])
     _fill_local_facts(row)
@@ -191,7 +209,8 @@ def _unstorable(row: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
     if row.get("reason"):
         reason = f"{reason}; {row['reason']}"
     return storable_image({**{k: row[k] for k in keep}, "content_sha256": None, "width": None, "height": None,
-                           "status": "unreadable", "n_faces": 0, "reason": storable_text(reason)[0], "faces": []})
+                           "status": "unreadable", **dict.fromkeys(("n_faces", *LABEL_COUNT_COLUMNS), 0),
+                           "reason": storable_text(reason)[0], "faces": []})
 
 
 def insert_scored_images(conn: Connection | Session, images: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
