@@ -1,12 +1,16 @@
 """How fast the compliance report renders from a big database, and how much memory it takes.
 
-Builds (once, cached) a SQLite database of 1,000,000 faces over 30 days and 20 cameras with
-bulk Core inserts, writes real 640x480 JPEG frames for the faces the galleries will show
-(so crop reading is measured too), then renders the report for several windows, each in a
-fresh process, and prints a markdown table of render time and peak resident memory; then
-times the README's example analyst queries on the views.
+Builds (once, cached) a SQLite database of 1,000,000 faces over 30 days and 20 cameras at the
+schema head: bulk Core inserts of ``images`` (with their per-label face counts) and ``faces``
+with the derived-state triggers off, then ``latest_scorings`` and ``hourly_counts`` rebuilt
+in one set-based pass (:mod:`maskjob.storage.derived`). Writes real 640x480 JPEG frames for
+the faces the galleries will show (so crop reading is measured too), renders the report for
+several windows, each in a fresh process, and prints a markdown table of render time and
+peak resident memory; then times the README's analyst queries
+(:data:`maskjob.storage.analyst_queries.QUERIES`, each for the week 2026-11-18..24, which
+the data ends on). Every table says the load average it was measured at.
 
-    .venv/bin/python benchmarks/report_speed.py [--faces 1000000] [--db PATH] [--rebuild]
+    flock /tmp/prompts/bench.lock .venv/bin/python benchmarks/report_speed.py [--faces 1000000] [--db PATH] [--rebuild]
 """
 
 from __future__ import annotations
@@ -54,9 +58,8 @@ def _day(rng: np.random.Generator, first_id: int, day: date, n: int, version: in
         when = midnight + timedelta(seconds=int(seconds[k]))
         cam = f"cam-{cams[k] + 1:02d}"
         st = ("ok", "no_face", "unreadable")[status[k]]
-        images.append((image_id, f"{cam}/{when:%Y%m%dT%H%M%S}_{image_id:07d}.jpg", cam, when, 640, 480, st,
-                       REASONS[image_id % 3] if st == "unreadable" else None, int(n_faces[k]), version, scored_at))
         compliance = 0.6 + 0.35 * (cams[k] / (N_CAMERAS - 1))
+        labels = []
         for f in range(int(n_faces[k])):
             u = rng.random()
             label = CLASSES[0] if u < compliance else CLASSES[1] if u < compliance + (1 - compliance) * 0.7 else CLASSES[2]
@@ -65,17 +68,23 @@ def _day(rng: np.random.Generator, first_id: int, day: date, n: int, version: in
             p[CLASSES.index(label)] = conf
             x1 = 40 + 180 * f
             faces.append((image_id, f, x1, 150, x1 + 110, 290, 0.95, label, *p, conf, version))
+            labels.append(label)
+        images.append((image_id, f"{cam}/{when:%Y%m%dT%H%M%S}_{image_id:07d}.jpg", cam, when, 640, 480, st,
+                       REASONS[image_id % 3] if st == "unreadable" else None, len(labels),
+                       *(labels.count(c) for c in CLASSES), version, scored_at))
     return images, faces
 
 
 def build(db_path: Path, target_faces: int, seed: int = 0) -> None:
     """Create the benchmark database with exactly ``target_faces`` faces over ``N_DAYS`` days.
 
-    The older model version scored the first 20 days, the champion the last 10.
+    The older model version scored the first 20 days, the champion the last 10. The rows go
+    in with the derived-state triggers off (one transaction); ``latest_scorings`` and
+    ``hourly_counts`` are then rebuilt from them in the same transaction.
     """
     import sqlalchemy as sa
 
-    from maskjob.storage import database, schema
+    from maskjob.storage import database, derived, schema
 
     url = f"sqlite:///{db_path}"
     database.upgrade(url)
@@ -89,29 +98,40 @@ def build(db_path: Path, target_faces: int, seed: int = 0) -> None:
                 checkpoint_sha256=f"{i}" * 64, metrics={}, diverged=False, created_at=datetime(2026, 10, 1),
                 status="retired" if i == 0 else "champion")).inserted_primary_key[0])
     image_cols = ("id", "path", "camera_id", "captured_at", "width", "height", "status", "reason", "n_faces",
-                  "model_version_id", "scored_at")
+                  *(f"n_{c}" for c in CLASSES), "model_version_id", "scored_at")
     face_cols = ("image_id", "face_index", "x1", "y1", "x2", "y2", "detector_score", "label", "p_with_mask",
                  "p_without_mask", "p_partial_mask", "confidence", "model_version_id")
     per_day = int(target_faces / N_DAYS / (0.88 * 1.8)) + 1
     total, next_id, started = 0, 1, time.perf_counter()
-    for d in range(N_DAYS):
-        day = LAST_DAY - timedelta(days=N_DAYS - 1 - d)
-        n = per_day if d < N_DAYS - 1 else 2 * per_day  # the last day absorbs the sampling slack
-        images, faces = _day(rng, next_id, day, n, ids[0] if d < N_DAYS - 10 else ids[1])
-        if total + len(faces) > target_faces:  # stop at exactly target_faces
-            faces = faces[: target_faces - total]
-            last_id = faces[-1][0]
-            images = [img for img in images if img[0] <= last_id]
-            images[-1] = (*images[-1][:8], sum(f[0] == last_id for f in faces), *images[-1][9:])
-        with engine.begin() as conn:
+    with engine.begin() as conn, derived.triggers_disabled(conn):
+        for d in range(N_DAYS):
+            day = LAST_DAY - timedelta(days=N_DAYS - 1 - d)
+            n = per_day if d < N_DAYS - 1 else 2 * per_day  # the last day absorbs the sampling slack
+            images, faces = _day(rng, next_id, day, n, ids[0] if d < N_DAYS - 10 else ids[1])
+            if total + len(faces) > target_faces:  # stop at exactly target_faces
+                faces = faces[: target_faces - total]
+                images = _cut_after(images, faces)
             conn.execute(sa.insert(schema.Image), [dict(zip(image_cols, row)) for row in images])
             conn.execute(sa.insert(schema.Face), [dict(zip(face_cols, row)) for row in faces])
-        total += len(faces)
-        next_id += len(images)
-        logger.info("%s: %d faces, %d images so far (%.0f s)", day, total, next_id - 1, time.perf_counter() - started)
+            total += len(faces)
+            next_id += len(images)
+            logger.info("%s: %d faces, %d images so far (%.0f s)", day, total, next_id - 1,
+                        time.perf_counter() - started)
+        n_latest, n_hourly = derived.rebuild(conn)
+    logger.info("derived state: %d latest_scorings, %d hourly_counts rows (%.0f s)", n_latest, n_hourly,
+                time.perf_counter() - started)
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
+
+
+def _cut_after(images: list[tuple], faces: list[tuple]) -> list[tuple]:
+    """``images`` up to the last one ``faces`` (cut short) reaches, its face counts set to the faces kept."""
+    last_id = faces[-1][0]
+    images = [img for img in images if img[0] <= last_id]
+    kept = [f[7] for f in faces if f[0] == last_id]
+    images[-1] = (*images[-1][:8], len(kept), *(kept.count(c) for c in CLASSES), *images[-1][12:])
+    return images
 
 
 def write_gallery_frames(db_path: Path, inbox: Path, windows: list[tuple[date, date, str | None]]) -> int:
@@ -162,34 +182,28 @@ def measure(db_path: Path, inbox: Path, out: Path, start: str, end: str, camera:
             "rss_after_imports_mib": rss_before / 1024, "html_kib": path.stat().st_size / 1024}
 
 
-# The README's example analyst queries ("Views for analysts"), on the views.
-ANALYST_QUERIES = {
-    "ten worst cameras over a week (daily_compliance)": """
-        SELECT camera_id, SUM(faces) AS faces, SUM(with_mask) AS with_mask,
-               CAST(SUM(with_mask) AS DOUBLE PRECISION) / NULLIF(SUM(faces), 0) AS compliance_rate
-        FROM daily_compliance WHERE day >= '2026-11-18' AND day < '2026-11-25'
-        GROUP BY camera_id HAVING SUM(faces) > 0 ORDER BY compliance_rate, camera_id LIMIT 10""",
-    "violations on one day by camera and kind (face_predictions)": """
-        SELECT camera_id, label, COUNT(*) AS faces FROM face_predictions
-        WHERE captured_at >= '2026-11-24' AND captured_at < '2026-11-25' AND label <> 'with_mask'
-        GROUP BY camera_id, label ORDER BY faces DESC""",
-    "share of compliant frames per camera (image_predictions)": """
-        SELECT camera_id, COUNT(*) AS frames, COUNT(compliant) AS frames_with_faces,
-               SUM(compliant) AS compliant_frames, AVG(compliant) AS compliant_share
-        FROM image_predictions GROUP BY camera_id ORDER BY camera_id""",
-}
+def _load() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def time_analyst_queries(db_path: Path) -> list[tuple[str, float, int]]:
-    """Wall seconds and row count of each :data:`ANALYST_QUERIES` entry, each on a new connection."""
+def time_analyst_queries(db_path: Path, repeats: int = 3) -> list[tuple[str, float, float, float, int, str]]:
+    """Each README analyst query (:data:`~maskjob.storage.analyst_queries.QUERIES`) on a new
+    connection ``repeats`` times: first wall seconds, median wall, median CPU, rows, load average."""
     import sqlite3
+    import statistics
+
+    from maskjob.storage.analyst_queries import QUERIES
 
     out = []
-    for name, sql in ANALYST_QUERIES.items():
-        with sqlite3.connect(db_path) as conn:
-            began = time.perf_counter()
-            rows = conn.execute(sql).fetchall()
-            out.append((name, time.perf_counter() - began, len(rows)))
+    for name, sql in QUERIES.items():
+        walls, cpus, n_rows = [], [], 0
+        for _ in range(repeats):
+            with sqlite3.connect(db_path) as conn:
+                wall, cpu = time.perf_counter(), time.process_time()
+                n_rows = len(conn.execute(sql).fetchall())
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.process_time() - cpu)
+        out.append((name, walls[0], statistics.median(walls), statistics.median(cpus), n_rows, _load()))
     return out
 
 
@@ -220,21 +234,24 @@ def main() -> None:
     for start, end, camera in windows:
         cmd = [sys.executable, __file__, "--db", str(db_path), "--faces", str(args.faces),
                "--measure", start.isoformat(), end.isoformat(), camera or "-"]
+        began = time.perf_counter()
         result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-        rows.append((f"{start} to {end}", camera or "all 20", result))
+        rows.append((f"{start} to {end}", camera or "all 20", {**result, "process_s": time.perf_counter() - began,
+                                                                "load": _load()}))
     print(f"\nCompliance report render, SQLite, {args.faces:,} faces over {N_DAYS} days and {N_CAMERAS} cameras\n")
-    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"({os.cpu_count()} CPUs, load average {load}; CPU time is what an idle machine's wall time approaches)\n")
-    print("| window | cameras | render wall (s) | render CPU (s) | peak RSS (MiB) | RSS after imports (MiB) | HTML (KiB) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(f"({os.cpu_count()} CPUs; load average (1/5/15 min) after each run; CPU time is what an idle machine's "
+          "wall time approaches; process = interpreter start + imports + render)\n")
+    print("| window | cameras | render wall (s) | render CPU (s) | process wall (s) | peak RSS (MiB) "
+          "| RSS after imports (MiB) | HTML (KiB) | load average |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for window, cams, r in rows:
-        print(f"| {window} | {cams} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['peak_rss_mib']:.0f} "
-              f"| {r['rss_after_imports_mib']:.0f} | {r['html_kib']:.0f} |")
-    print("\nThe README's analyst queries on the same database (the views pick each image's latest scoring)\n")
-    print("| query | wall (s) | rows |")
-    print("|---|---:|---:|")
-    for name, seconds, n_rows in time_analyst_queries(db_path):
-        print(f"| {name} | {seconds:.2f} | {n_rows} |")
+        print(f"| {window} | {cams} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['process_s']:.2f} "
+              f"| {r['peak_rss_mib']:.0f} | {r['rss_after_imports_mib']:.0f} | {r['html_kib']:.0f} | {r['load']} |")
+    print("\nThe README's analyst queries on the same database, each on a new connection, 3 runs\n")
+    print("| query | first wall (s) | median wall (s) | median CPU (s) | rows | load average |")
+    print("|---|---:|---:|---:|---:|---|")
+    for name, first_s, wall_s, cpu_s, n_rows, load in time_analyst_queries(db_path):
+        print(f"| {name} | {first_s:.3f} | {wall_s:.3f} | {cpu_s:.3f} | {n_rows} | {load} |")
 
 
 if __name__ == "__main__":

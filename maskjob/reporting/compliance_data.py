@@ -1,8 +1,12 @@
-"""The compliance report's numbers: grouped SQL in, small pandas frames out.
+"""The compliance report's numbers, read from the derived state (migration 0005).
 
-Every query aggregates (or caps) in the database with bound parameters, so a month of a
-million faces comes back as a few thousand rows; pandas only shapes those. Rows follow the
-analysts' views' rule (per image path, the latest scoring) but filter the window first.
+Frames per status and faces per label come from ``hourly_counts`` for the window's whole UTC
+hours, plus ``latest_scorings`` for the partial hours at its ends (a local day in a zone
+05:45 off UTC starts and ends mid-hour); unreadable reasons, the gallery and the review queue
+come from ``latest_scorings`` joined to ``images`` and ``faces``. Both tables hold only the
+scoring that counts for each frame (per image path, the latest scoring: the views' rule), so
+every query reads the window's rows, never the history, and comes back as a few thousand rows;
+pandas only shapes those.
 
 Example:
     >>> data = load_window(engine, datetime(2026, 11, 24), datetime(2026, 11, 25))  # doctest: +SKIP
@@ -23,25 +27,28 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from maskjob import CLASSES
-from maskjob.storage.schema import Face, Image, ModelVersion
+from maskjob.storage.schema import Face, HourlyCount, Image, LatestScoring, ModelVersion
+from maskjob.timeutil import to_naive_utc
 from maskjob.vocab import IMAGE_STATUSES
 
-__all__ = ["WindowCounts", "WindowData", "load_window", "clean_reason"]
+__all__ = ["WindowCounts", "WindowData", "load_window", "clean_reason", "hour_spans"]
 
 logger = logging.getLogger(__name__)
 
 VIOLATIONS = ("without_mask", "partial_mask")
 STATUSES = IMAGE_STATUSES
+# What one (UTC hour, camera, model version) group counts: frames, frames per status, faces per label.
+COUNTS = ("images", *STATUSES, *CLASSES)
 _PATH_PREFIX = re.compile(r"^(?P<path>[^\n]*?[/\\][^\n]*?|[^\s:]+\.[A-Za-z0-9]{2,5}):\s+")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:\\|/)[^\s:;,()'\"]+")
+_HOUR = timedelta(hours=1)
+Span = tuple[datetime, datetime]
 
 _images = Image.__table__
 _faces_t = Face.__table__
 _versions = ModelVersion.__table__
-_later = _images.alias("later")
-# Lives for one report's connection; rolled back (so dropped) when the connection closes.
-_superseded = sa.Table("maskjob_report_superseded", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
-                       prefixes=["TEMPORARY"])
+_latest = LatestScoring.__table__
+_hourly = HourlyCount.__table__
 
 
 @dataclass(frozen=True)
@@ -85,150 +92,179 @@ def clean_reason(reason: str | None) -> str:
     """An unreadable-frame reason without the file path it starts with (and no absolute paths).
 
     ``"/data/inbox/cam1/x.jpg: empty file (0 bytes)"`` becomes ``"empty file (0 bytes)"`` so
-    reasons group by cause, and the page never shows where files live.
+    reasons group by cause, and the page never shows where files live. A missing reason
+    (``None``, or the NaN pandas puts for SQL NULL) is "no reason recorded".
     """
-    if not reason:
+    if not isinstance(reason, str) or not reason:
         return "no reason recorded"
     text = _PATH_PREFIX.sub("", reason.strip(), count=1)
     return _ABSOLUTE_PATH.sub("<path>", text) or "no reason recorded"
 
 
-def _mark_superseded(conn: Connection, start: datetime, end: datetime, camera: str | None) -> bool:
-    """Fill the temp table with the window's image rows a later scoring of the same path replaced.
+def hour_spans(start: datetime, end: datetime) -> tuple[Span | None, list[Span]]:
+    """Split ``[start, end)`` (naive UTC) into its whole UTC hours and the partial hours at its ends.
 
-    The views' rule (latest ``scored_at``, then highest id, per path) as one pass over the
-    window's rows; every later query then only excludes these ids. The views themselves rank
-    every image ever scored before filtering, which takes seconds per query on a month of
-    frames. Returns whether any row was superseded.
+    Returns ``(whole, edges)``: ``whole`` is ``(first, last)``, the hours ``first <= hour_utc <
+    last`` that lie entirely inside the window (``None`` if there is none), and ``edges`` the
+    sub-windows before ``first`` and from ``last`` on that are not whole hours.
+
+    Example (a local day in Asia/Kathmandu, UTC+05:45):
+        >>> whole, edges = hour_spans(datetime(2026, 11, 23, 18, 15), datetime(2026, 11, 24, 18, 15))
+        >>> [f"{a:%H:%M}-{b:%H:%M}" for a, b in [whole, *edges]]
+        ['19:00-18:00', '18:15-19:00', '18:00-18:15']
     """
-    newer = sa.exists().where(
-        _later.c.path == _images.c.path,
-        sa.or_(_later.c.scored_at > _images.c.scored_at,
-               sa.and_(_later.c.scored_at == _images.c.scored_at, _later.c.id > _images.c.id)),
-    )
-    where = [_images.c.captured_at >= start, _images.c.captured_at < end, newer]
-    if camera is not None:
-        where.append(_images.c.camera_id == camera)
-    _superseded.create(conn)
-    conn.execute(_superseded.insert().from_select(["id"], sa.select(_images.c.id).where(*where)))
-    return conn.execute(sa.select(sa.func.count()).select_from(_superseded)).scalar_one() > 0
-
-
-def _latest(start: datetime, end: datetime, camera: str | None, superseded: bool) -> list[sa.ColumnElement[bool]]:
-    """Conditions for the images the views show (see :func:`_mark_superseded`) captured in ``[start, end)``."""
-    where = [_images.c.captured_at >= start, _images.c.captured_at < end]
-    if superseded:
-        where.append(_images.c.id.not_in(sa.select(_superseded.c.id)))
-    if camera is not None:
-        where.append(_images.c.camera_id == camera)
-    return where
-
-
-def _bucket(conn: Connection) -> sa.ColumnElement[str]:
-    """The UTC hour of ``captured_at`` as text (``"2026-11-24 07"``); :func:`_local_buckets` makes it local."""
-    if conn.dialect.name == "postgresql":
-        # timestamptz: render it in UTC whatever the session's TimeZone is.
-        return sa.func.to_char(sa.func.timezone("UTC", _images.c.captured_at), "YYYY-MM-DD HH24")
-    # SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff'; substr is a third
-    # of strftime's cost, which matters at a million rows.
-    return sa.func.substr(_images.c.captured_at, 1, 13)
-
-
-def _local_buckets(utc_hours: pd.Series, zone: str, hourly: bool) -> pd.Series:
-    """UTC hour buckets as the site's local hour of day (``"07"``) or local day (``"2026-11-24"``).
-
-    Grouping by UTC hour in SQL and converting here keeps the SQL the same on both databases
-    and gets DST right: every UTC hour maps to exactly one local hour.
-    """
-    if utc_hours.empty:
-        return utc_hours.astype(str)
-    local = pd.to_datetime(utc_hours, format="%Y-%m-%d %H").dt.tz_localize("UTC").dt.tz_convert(zone)
-    return local.dt.strftime("%H" if hourly else "%Y-%m-%d")
+    first = start.replace(minute=0, second=0, microsecond=0)
+    first += _HOUR if first < start else timedelta(0)
+    last = end.replace(minute=0, second=0, microsecond=0)
+    if first >= last:
+        return None, [(start, end)]
+    return (first, last), [(a, b) for a, b in ((start, first), (last, end)) if a < b]
 
 
 def _count_if(condition: sa.ColumnElement[bool], name: str) -> sa.Label[Any]:
     return sa.func.sum(sa.case((condition, 1), else_=0)).label(name)
 
 
-def _frames(conn: Connection, prev_start: datetime, start: datetime, end: datetime,
-            camera: str | None, superseded: bool) -> pd.DataFrame:
-    """Frames per status, grouped by (current window?, camera, model version, unreadable reason)."""
-    current = sa.case((_images.c.captured_at >= start, 1), else_=0).label("current")
-    reason = sa.case((_images.c.status == "unreadable", _images.c.reason), else_=None).label("reason")
-    counts = [_count_if(_images.c.status == status, status) for status in STATUSES]
-    grouped = (
-        sa.select(current, _images.c.camera_id, _images.c.model_version_id, reason, *counts)
-        .where(*_latest(prev_start, end, camera, superseded))
-        .group_by(current, _images.c.camera_id, _images.c.model_version_id, reason)
-        .subquery()
-    )
-    stmt = sa.select(
-        grouped.c.current, grouped.c.camera_id, _versions.c.version, _versions.c.arch, grouped.c.reason,
-        *(grouped.c[status] for status in STATUSES),
-    ).select_from(grouped.join(_versions, _versions.c.id == grouped.c.model_version_id))
-    columns = ["current", "camera_id", "version", "arch", "reason", *STATUSES]
-    frame = pd.DataFrame(conn.execute(stmt).all(), columns=columns)
+def _hourly_counts(lo: datetime, hi: datetime, camera: str | None) -> sa.Select[Any]:
+    """:data:`COUNTS` per (UTC hour, camera, model version) of the whole hours ``[lo, hi)``."""
+    where = [_hourly.c.hour_utc >= lo, _hourly.c.hour_utc < hi, _hourly.c.images > 0]
+    if camera is not None:
+        where.append(_hourly.c.camera_id == camera)
+    keys = (_hourly.c.hour_utc, _hourly.c.camera_id, _hourly.c.model_version_id)
+    sums = [sa.func.sum(_hourly.c[name]).label(name) for name in COUNTS]
+    return sa.select(*keys, *sums).where(*where).group_by(*keys)
+
+
+def _latest_where(lo: datetime, hi: datetime, camera: str | None) -> list[sa.ColumnElement[bool]]:
+    """The frames that count (one latest scoring per path) captured in ``[lo, hi)``."""
+    where = [_latest.c.captured_at >= lo, _latest.c.captured_at < hi]
+    if camera is not None:
+        where.append(_latest.c.camera_id == camera)
+    return where
+
+
+def _latest_counts(lo: datetime, hi: datetime, camera: str | None) -> sa.Select[Any]:
+    """:data:`COUNTS` as :func:`_hourly_counts` gives them, for any ``[lo, hi)``, from ``latest_scorings``."""
+    keys = (_latest.c.hour_utc, _latest.c.camera_id, _latest.c.model_version_id)
+    sums = [sa.func.count().label("images"), *(_count_if(_latest.c.status == s, s) for s in STATUSES),
+            *(sa.func.sum(_latest.c[f"n_{label}"]).label(label) for label in CLASSES)]
+    return sa.select(*keys, *sums).where(*_latest_where(lo, hi, camera)).group_by(*keys)
+
+
+def _window_counts(conn: Connection, start: datetime, end: datetime, camera: str | None) -> pd.DataFrame:
+    """:data:`COUNTS` per (hour_utc, camera_id, model_version_id) of the frames captured in ``[start, end)``."""
+    whole, edges = hour_spans(start, end)
+    queries = [_latest_counts(lo, hi, camera) for lo, hi in edges]
+    if whole is not None:
+        queries.append(_hourly_counts(*whole, camera))
+    rows = [row for query in queries for row in conn.execute(query)]
+    return pd.DataFrame(rows, columns=["hour_utc", "camera_id", "model_version_id", *COUNTS])
+
+
+def _versions_of(conn: Connection, ids: list[int]) -> pd.DataFrame:
+    stmt = sa.select(_versions.c.id, _versions.c.version, _versions.c.arch).where(_versions.c.id.in_(ids))
+    return pd.DataFrame(conn.execute(stmt).all(), columns=["model_version_id", "version", "arch"])
+
+
+def _frames(counts: pd.DataFrame, versions: pd.DataFrame) -> pd.DataFrame:
+    """Frames per status, by (current window?, camera, model version)."""
+    keys = ["current", "camera_id", "model_version_id"]
+    frame = counts.groupby(keys, as_index=False)[list(STATUSES)].sum()
+    frame = frame.merge(versions, on="model_version_id", how="left")
     frame["frames"] = frame[list(STATUSES)].sum(axis=1)
     return frame
 
 
-def _faces(conn: Connection, prev_start: datetime, start: datetime, end: datetime, camera: str | None,
-           superseded: bool, threshold: float) -> pd.DataFrame:
-    """Faces per label and below the review threshold, by (current window?, UTC hour, camera)."""
-    current = sa.case((_images.c.captured_at >= start, 1), else_=0).label("current")
-    bucket = _bucket(conn).label("bucket")
-    counts = [_count_if(_faces_t.c.label == label, label) for label in CLASSES]
-    stmt = (
-        sa.select(current, bucket, _images.c.camera_id, *counts, _count_if(_faces_t.c.confidence < threshold, "unsure"))
-        .select_from(_images.join(_faces_t, _faces_t.c.image_id == _images.c.id))
-        .where(*_latest(prev_start, end, camera, superseded))
-        .group_by(current, bucket, _images.c.camera_id)
-    )
-    frame = pd.DataFrame(conn.execute(stmt).all(), columns=["current", "bucket", "camera_id", *CLASSES, "unsure"])
+def _faces(counts: pd.DataFrame, zone: str, hourly: bool) -> pd.DataFrame:
+    """Faces per label, by (current window?, UTC hour, camera), with ``bucket`` the local hour or day."""
+    frame = counts.groupby(["current", "hour_utc", "camera_id"], as_index=False)[list(CLASSES)].sum()
     frame["faces"] = frame[list(CLASSES)].sum(axis=1)
+    frame = frame[frame["faces"] > 0].reset_index(drop=True)
+    frame["bucket"] = _local_buckets(frame["hour_utc"], zone, hourly)
     return frame
 
 
+def _local_buckets(utc_hours: pd.Series, zone: str, hourly: bool) -> pd.Series:
+    """UTC hours as the site's local hour of day (``"07"``) or local day (``"2026-11-24"``).
+
+    Grouping by UTC hour in SQL and converting here keeps the SQL the same on both databases
+    and gets DST right: every UTC hour maps to exactly one local hour.
+    """
+    if utc_hours.empty:
+        return utc_hours.astype(str)
+    local = pd.to_datetime(utc_hours, utc=True).dt.tz_convert(zone)
+    return local.dt.strftime("%H" if hourly else "%Y-%m-%d")
+
+
+def _reasons(conn: Connection, start: datetime, end: datetime, camera: str | None) -> pd.DataFrame:
+    """Unreadable frames of the window per cause (:func:`clean_reason`), most frequent first."""
+    stmt = (
+        sa.select(_images.c.reason, sa.func.count().label("frames"))
+        .select_from(_latest.join(_images, _images.c.id == _latest.c.image_id))
+        .where(_latest.c.status == "unreadable", *_latest_where(start, end, camera))
+        .group_by(_images.c.reason)
+    )
+    raw = pd.DataFrame([(clean_reason(reason), n) for reason, n in conn.execute(stmt)], columns=["reason", "frames"])
+    return (raw.groupby("reason", as_index=False)["frames"].sum()
+            .sort_values(["frames", "reason"], ascending=[False, True], ignore_index=True))
+
+
 _FACE_COLUMNS = ("camera_id", "image_path", "captured_at", "x1", "y1", "x2", "y2", "label", "confidence")
+_BOX = ("x1", "y1", "x2", "y2", "label", "confidence")
 
 
-def _face_columns() -> list[sa.ColumnElement[Any]]:
-    return [_images.c.camera_id, _images.c.path.label("image_path"), _images.c.captured_at,
-            *(_faces_t.c[name] for name in ("x1", "y1", "x2", "y2", "label", "confidence"))]
+def _ranked_faces(conn: Connection, where: list[sa.ColumnElement[bool]], most_confident: bool,
+                  cap: int, with_total: bool = False) -> tuple[pd.DataFrame, int]:
+    """The ``cap`` faces of the window's frames matching ``where``, by confidence, with their frame's path.
+
+    Ranks and caps on ``latest_scorings`` joined to ``faces`` first and reads ``images.path``
+    only for the faces kept. With ``with_total`` also returns how many faces matched
+    (``COUNT(*) OVER ()``: the same pass as the ranking); otherwise 0.
+    """
+    confidence = _faces_t.c.confidence.desc() if most_confident else _faces_t.c.confidence
+    ranked = (
+        sa.select(_latest.c.camera_id, _latest.c.captured_at, _faces_t.c.image_id, _faces_t.c.face_index,
+                  *(_faces_t.c[name] for name in _BOX),
+                  (sa.func.count().over() if with_total else sa.literal(0)).label("total"))
+        .select_from(_latest.join(_faces_t, _faces_t.c.image_id == _latest.c.image_id))
+        .where(*where)
+        .order_by(confidence, _faces_t.c.image_id, _faces_t.c.face_index)
+        .limit(cap)
+        .subquery()
+    )
+    order = ranked.c.confidence.desc() if most_confident else ranked.c.confidence
+    stmt = (
+        sa.select(ranked.c.camera_id, _images.c.path.label("image_path"), ranked.c.captured_at,
+                  *(ranked.c[name] for name in _BOX), ranked.c.total)
+        .select_from(ranked.join(_images, _images.c.id == ranked.c.image_id))
+        .order_by(order, ranked.c.image_id, ranked.c.face_index)
+    )
+    rows = conn.execute(stmt).all()
+    total = int(rows[0].total) if rows else 0
+    return pd.DataFrame([row[:-1] for row in rows], columns=list(_FACE_COLUMNS)), total
 
 
-def _gallery(conn: Connection, start: datetime, end: datetime, cameras: list[str], superseded: bool,
-             cap: int) -> pd.DataFrame:
+def _gallery(conn: Connection, start: datetime, end: datetime, cameras: list[str], cap: int) -> pd.DataFrame:
     """The ``cap`` most confident violation faces of each camera.
 
     One ``ORDER BY ... LIMIT`` query per camera: each walks that camera's slice of
-    ``ix_images_camera_id_captured_at`` and keeps a bounded sort, cheaper than ranking
+    ``ix_latest_scorings_camera_id_captured_at`` and keeps a bounded sort, cheaper than ranking
     every violation of the window with a window function.
     """
-    parts = []
-    for camera in cameras:
-        stmt = (
-            sa.select(*_face_columns())
-            .select_from(_images.join(_faces_t, _faces_t.c.image_id == _images.c.id))
-            .where(*_latest(start, end, camera, superseded), _faces_t.c.label.in_(VIOLATIONS))
-            .order_by(_faces_t.c.confidence.desc(), _faces_t.c.image_id, _faces_t.c.face_index)
-            .limit(cap)
-        )
-        parts.append(pd.DataFrame(conn.execute(stmt).all(), columns=list(_FACE_COLUMNS)))
+    violation = _faces_t.c.label.in_(VIOLATIONS)
+    parts = [_ranked_faces(conn, [*_latest_where(start, end, camera), violation], True, cap)[0] for camera in cameras]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(_FACE_COLUMNS))
 
 
-def _review(conn: Connection, start: datetime, end: datetime, camera: str | None, superseded: bool,
-            threshold: float, cap: int) -> pd.DataFrame:
-    """The ``cap`` least confident faces below ``threshold``."""
-    stmt = (
-        sa.select(*_face_columns())
-        .select_from(_images.join(_faces_t, _faces_t.c.image_id == _images.c.id))
-        .where(*_latest(start, end, camera, superseded), _faces_t.c.confidence < threshold)
-        .order_by(_faces_t.c.confidence, _faces_t.c.image_id, _faces_t.c.face_index)
-        .limit(cap)
-    )
-    return pd.DataFrame(conn.execute(stmt).all(), columns=list(_FACE_COLUMNS))
+def _review(conn: Connection, start: datetime, end: datetime, camera: str | None, threshold: float,
+            cap: int) -> tuple[pd.DataFrame, int]:
+    """The ``cap`` least confident faces below ``threshold``, and how many faces are below it."""
+    where = [*_latest_where(start, end, camera), _faces_t.c.confidence < threshold]
+    if cap > 0:
+        return _ranked_faces(conn, where, False, cap, with_total=True)
+    count = (sa.select(sa.func.count())
+             .select_from(_latest.join(_faces_t, _faces_t.c.image_id == _latest.c.image_id)).where(*where))
+    return pd.DataFrame(columns=list(_FACE_COLUMNS)), int(conn.execute(count).scalar_one())
 
 
 def _counts(frames: pd.DataFrame, faces: pd.DataFrame) -> WindowCounts:
@@ -256,6 +292,15 @@ def _camera_table(frames: pd.DataFrame, faces: pd.DataFrame, prev_faces: pd.Data
                                   na_position="last", ignore_index=True)
 
 
+def _both_windows(conn: Connection, prev_start: datetime, start: datetime, end: datetime,
+                  camera: str | None) -> pd.DataFrame:
+    """:func:`_window_counts` of the previous window (``current`` 0) and this one (``current`` 1)."""
+    parts = [_window_counts(conn, lo, hi, camera).assign(current=flag)
+             for flag, (lo, hi) in enumerate(((prev_start, start), (start, end)))]
+    counts = pd.concat(parts, ignore_index=True)
+    return counts.astype({name: "int64" for name in COUNTS})
+
+
 def load_window(
     engine: Engine,
     start: datetime,
@@ -269,35 +314,34 @@ def load_window(
 ) -> WindowData:
     """Aggregate the window ``[start, end)`` and the window of the same length before it.
 
-    Every query touches only the two windows' rows: superseded scorings, frames and faces
-    grouped (both windows at once), the capped gallery per camera and the capped review queue.
+    Every query touches only the two windows' rows: counts per UTC hour (``hourly_counts``, and
+    ``latest_scorings`` for partial hours), unreadable reasons, the capped gallery per camera
+    and the capped review queue with its total.
 
     Args:
         engine: the prediction database (schema at head).
-        start, end: naive UTC bounds, end excluded.
+        start, end: UTC bounds (naive = UTC), end excluded; any minute, not only whole hours.
         camera: only this camera, or all.
         gallery_cap: violation faces kept per camera (most confident first).
         review_threshold: faces below this confidence go to the review queue.
         review_cap: review-queue faces kept (least confident first).
         zone: IANA zone of the chart's buckets (local hour of day, or local day).
     """
+    start, end = to_naive_utc(start), to_naive_utc(end)
     # 25 h: a local day with a DST change is still one day.
     hourly = end - start <= timedelta(hours=25)
     prev_start = start - (end - start)
     with engine.connect() as conn:
-        superseded = _mark_superseded(conn, prev_start, end, camera)
-        all_frames = _frames(conn, prev_start, start, end, camera, superseded)
-        all_faces = _faces(conn, prev_start, start, end, camera, superseded, review_threshold)
-        all_faces["bucket"] = _local_buckets(all_faces["bucket"], zone, hourly)
+        counts = _both_windows(conn, prev_start, start, end, camera)
+        all_frames = _frames(counts, _versions_of(conn, sorted(set(counts["model_version_id"].tolist()))))
+        all_faces = _faces(counts, zone, hourly)
         faces, prev_faces = all_faces[all_faces["current"] == 1], all_faces[all_faces["current"] == 0]
         with_violations = faces.groupby("camera_id")[list(VIOLATIONS)].sum().sum(axis=1)
         cameras = sorted(with_violations[with_violations > 0].index) if gallery_cap else []
-        gallery = _gallery(conn, start, end, cameras, superseded, gallery_cap)
-        review = _review(conn, start, end, camera, superseded, review_threshold, review_cap)
+        gallery = _gallery(conn, start, end, cameras, gallery_cap)
+        review, review_total = _review(conn, start, end, camera, review_threshold, review_cap)
+        reasons = _reasons(conn, start, end, camera)
     frames, prev_frames = all_frames[all_frames["current"] == 1], all_frames[all_frames["current"] == 0]
-    unreadable = frames[frames["unreadable"] > 0].assign(reason=lambda f: f["reason"].map(clean_reason))
-    reasons = (unreadable.groupby("reason", as_index=False)["unreadable"].sum().rename(columns={"unreadable": "frames"})
-               .sort_values(["frames", "reason"], ascending=[False, True], ignore_index=True))
     models = (frames.groupby(["version", "arch"], as_index=False)["frames"].sum()
               .sort_values(["frames", "version"], ascending=[False, True], ignore_index=True))
     series = faces.groupby(["bucket", "camera_id"], as_index=False)[["with_mask", "faces"]].sum()
@@ -312,5 +356,5 @@ def load_window(
         models=models,
         gallery=gallery,
         review=review,
-        review_total=int(faces["unsure"].sum()),
+        review_total=review_total,
     )

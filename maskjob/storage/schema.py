@@ -391,3 +391,13 @@ daily_compliance = sa.Table(
     sa.Column("compliance_rate", sa.Float), sa.Column("timezone", sa.String),
     sa.Column("compliant_frames", sa.Integer),
 )
+
+
+@sa.event.listens_for(Image, "before_insert")
+def _label_counts_from_faces(mapper: Any, connection: Any, target: Image) -> None:
+    """An image written through the ORM with its faces gets the per-label counts
+    (``n_with_mask``, ...) that :func:`maskjob.storage.writes.insert_scored_images` fills in."""
+    if target.faces:
+        labels = [face.label for face in target.faces]
+        for label in maskjob.CLASSES:
+            setattr(target, f"n_{label}", labels.count(label))
