@@ -12,7 +12,17 @@ Measures, in one run and on the same frames:
   gap is the thread setting alone);
 - the stages after detection alone (crop, classify, write), batched as ``score`` does and
   naive, on detections computed beforehand: what batching gains where it applies;
-- database write throughput (rows/s) of the scorer's batched inserts on SQLite and PostgreSQL.
+- database write throughput (rows/s) of the scorer's batched inserts on SQLite and PostgreSQL;
+- per-camera face-size ranges (:mod:`maskjob.scoring.face_sizes`) against today's configuration
+  (full pyramid from ``min_face_px`` 20 in every frame), end to end, in the same run. Protocol:
+  the frames captured before the inbox's median capture time are scored first, with the full
+  search, into a template database: that is each camera's history (its faces of the last 7
+  days). Then the later half, which no history saw, is scored ``--repeats`` times, alternating,
+  into copies of the template: once as today (``face_size_recheck_frames`` 1: every frame
+  searches fully) and once with the settings' ranges (every ``face_size_recheck_frames``-th
+  frame of a camera still searches fully). Each row gives frames per CPU-second (this process,
+  model loading and listing included) and recall per class from the stored face rows
+  (IoU >= 0.4).
 
 Every throughput row is measured ``--repeats`` times, interleaved, and reported as the
 median (min-max). Other processes on the machine change wall times a lot, so each row also
@@ -75,6 +85,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--write-images", type=int, default=2000, help="image rows for the write benchmark (default 2000)")
     p.add_argument("--pg-url", help="PostgreSQL URL for the write benchmark (default: a throwaway cluster)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="maskjob data dir holding assets/ (default ./data)")
+    p.add_argument("--only-face-sizes", action="store_true",
+                   help="measure only the face-size ranges against today's configuration")
     return p.parse_args()
 
 
@@ -365,6 +377,84 @@ def throwaway_postgres() -> Iterator[str | None]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def stored_recall(url: str, frames: list, truth: dict) -> dict[str, float]:
+    """Recall (all faces and per class, IoU >= MIN_IOU) of the face rows stored for ``frames``."""
+    import sqlalchemy as sa
+
+    from maskjob.scoring.matching import match_boxes
+    from maskjob.storage import database, schema
+
+    engine = database.make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(schema.Image.path, schema.Face.x1, schema.Face.y1, schema.Face.x2,
+                                      schema.Face.y2).join(schema.Image, schema.Face.image_id == schema.Image.id)).all()
+    engine.dispose()
+    found: dict[str, list] = defaultdict(list)
+    for path, *box in rows:
+        found[path].append(tuple(box))
+    hits, totals = defaultdict(int), defaultdict(int)
+    for frame in frames:
+        gt = truth.get(frame.rel_path, [])
+        for _, label in gt:
+            totals[label] += 1
+        for ti, _ in match_boxes([b for b, _ in gt], found[frame.rel_path], MIN_IOU):
+            hits[gt[ti][1]] += 1
+    out = {c: hits[c] / totals[c] if totals[c] else float("nan") for c in CLASSES}
+    out["recall"] = sum(hits.values()) / max(1, sum(totals.values()))
+    return out
+
+
+def face_size_comparison(settings: Settings, inbox: Path, frames: list, truth: dict, ckpt: Path, work: Path,
+                         repeats: int) -> None:
+    """Today's full search against per-camera face-size ranges, end to end (see the module doc)."""
+    from maskjob.scoring.score import score
+
+    ordered = sorted(f.captured_at for f in frames)
+    middle = ordered[len(ordered) // 2]
+    measured = [f for f in frames if f.captured_at >= middle]
+    today = replace(settings, detector="mtcnn", min_face_px=20, face_size_recheck_frames=1)
+    ranged = replace(settings, detector="mtcnn")
+    template = work / "face-sizes-history.db"
+    engine, _ = champion_db(f"sqlite:///{template}", ckpt)
+    history = score(engine, today, inbox, until=middle, progress=False)
+    engine.dispose()
+    configs = {"today": today, "ranged": ranged}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+    quality: dict[str, dict[str, float]] = {}
+    for k in range(repeats):
+        for name, config in configs.items():
+            copy = work / f"face-sizes-{name}-{k}.db"
+            shutil.copyfile(template, copy)
+            url = f"sqlite:///{copy}"
+            runs[name].append(timed(lambda: end_to_end_since(config, inbox, url, middle)))
+            quality[name] = stored_recall(url, measured, truth)
+    print(f"
+| `maskjob score` end to end on the {len(measured)} frames from {middle:%H:%M} UTC on (history: the "
+          f"{history.n_frames} earlier frames, {history.n_faces} faces), median (min-max) of {repeats} "
+          "| frames/s | frames per CPU-s | load | x today | recall, all faces | "
+          + " | ".join(CLASSES) + " |")
+    print("|---" * (6 + len(CLASSES)) + "|")
+    base = statistics.median(r["frames_per_cpu_s"] for r in runs["today"])
+    labels = {"today": "today: full pyramid from min_face_px 20 in every frame",
+              "ranged": f"face-size ranges: margin {ranged.face_size_margin}, full search every "
+                        f"{ranged.face_size_recheck_frames}th frame and below {ranged.face_size_min_history} faces"}
+    for name, label in labels.items():
+        rs, q = runs[name], quality[name]
+        print(f"| {label} | {median_range(rs, 'frames_per_s')} | {median_range(rs, 'frames_per_cpu_s')} "
+              f"| {statistics.mean(r['load'] for r in rs):.2f} "
+              f"| {statistics.median(r['frames_per_cpu_s'] for r in rs) / base:.2f} | {q['recall']:.3f} | "
+              + " | ".join(f"{q[c]:.3f}" for c in CLASSES) + " |", flush=True)
+
+
+def end_to_end_since(settings: Settings, inbox: Path, url: str, since: datetime) -> int:
+    from maskjob.scoring.score import score
+    from maskjob.storage import database
+
+    with database.engine_for(url) as engine:
+        summary = score(engine, settings, inbox, since=since, progress=False)
+    return summary.n_frames
+
+
 def median_range(runs: list[dict[str, float]], key: str, fmt: str = ".1f") -> str:
     values = [r[key] for r in runs]
     if len(values) == 1:
@@ -398,6 +488,11 @@ def main() -> None:
           f"classifier {classifier.meta['arch']}, batch {args.batch_frames} frames, "
           f"MTCNN min_face_px {settings.min_face_px}\n")
 
+    if args.only_face_sizes:
+        face_size_comparison(settings, inbox, frames, read_truth(inbox), ckpt, work, args.repeats)
+        print(f"\nLoad average at the end {' / '.join(f'{v:.2f}' for v in os.getloadavg())}.")
+        shutil.rmtree(work, ignore_errors=True)
+        return
     quality = detector_quality(args.detectors.split(","), settings, frames, images, read_truth(inbox))
     print("| detector | recall, all faces | " + " | ".join(f"recall {c}" for c in CLASSES)
           + " | precision | detect frames/s (torch: one thread; cv2.dnn: its own threads) | frames per CPU-s |")
@@ -481,6 +576,7 @@ def main() -> None:
             print(f"| PostgreSQL | {write_rows_per_s(pg_url, ckpt, args.write_images, args.batch_frames):.0f} |")
         else:
             print("| PostgreSQL | not measured: pass --pg-url or install postgresql-15 and run as root |")
+    face_size_comparison(settings, inbox, frames, read_truth(inbox), ckpt, work, args.repeats)
     print(f"\nLoad average at the end {' / '.join(f'{v:.1f}' for v in os.getloadavg())}.")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -62,6 +62,15 @@ class Settings:
     detector: str = "mtcnn"
     detector_threshold: float = 0.6
     min_face_px: int = 20
+    # Per-camera face-size range for MTCNN (maskjob.scoring.face_sizes): a camera with at
+    # least face_size_min_history faces in its recent history searches only its own size
+    # (2%-trimmed) range widened by face_size_margin, except every face_size_recheck_frames-th frame
+    # (1: every frame searches fully, i.e. off).
+    face_size_recheck_frames: int = 10
+    face_size_min_history: int = 50
+    face_size_history_faces: int = 200
+    face_size_history_days: float = 7.0
+    face_size_margin: float = 1.25
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     score_batch_frames: int = 16
     retry_unreadable: bool = False
@@ -116,6 +125,11 @@ BOUNDS: dict[str, dict[str, float]] = {
     "retrain_max_age_days": {"exclusiveMinimum": 0.0},
     "detector_threshold": {"exclusiveMinimum": 0.0, "exclusiveMaximum": 1.0},
     "min_face_px": {"minimum": 8},
+    "face_size_recheck_frames": {"minimum": 1},
+    "face_size_min_history": {"minimum": 1},
+    "face_size_history_faces": {"minimum": 1},
+    "face_size_history_days": {"exclusiveMinimum": 0.0, "maximum": 3660.0},
+    "face_size_margin": {"minimum": 1.0, "maximum": 10.0},
     "max_image_pixels": {"exclusiveMinimum": 0},
     "score_batch_frames": {"minimum": 1},
     "shards": {"minimum": 1},
@@ -163,6 +177,10 @@ def _validate(s: Settings) -> None:
         if getattr(s, name) not in allowed:
             raise MaskjobError(f"bad setting: {name} must be one of {list(allowed)}, not {getattr(s, name)!r}. "
                                "Fix it in your config file, MASKJOB_* variable or flag.")
+    if s.face_size_min_history > s.face_size_history_faces:
+        raise MaskjobError(f"bad setting: face_size_min_history ({s.face_size_min_history}) must not exceed "
+                           f"face_size_history_faces ({s.face_size_history_faces}), or no camera ever has enough "
+                           "history. Fix it in your config file, MASKJOB_* variable or flag.")
     from maskjob.timeutil import zone
 
     try:

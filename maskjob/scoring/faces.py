@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from maskjob import CLASSES
-from maskjob.scoring.detectors import CROP_SCALE, Detection, FaceDetector
+from maskjob.scoring.detectors import CROP_SCALE, Detection, FaceDetector, FaceSizeRange
 
 __all__ = [
     "FaceClassifier", "FrameFaces", "batched", "classify_batches", "classify_faces", "classify_isolating", "crop_face",
@@ -47,15 +47,25 @@ def crop_face(rgb: np.ndarray, box: tuple[int, int, int, int], scale: float = CR
     return crop
 
 
+FacePx = Sequence[FaceSizeRange | None] | None
+
+
 def classify_faces(
-    images: Sequence[np.ndarray], detector: FaceDetector, classifier: FaceClassifier
+    images: Sequence[np.ndarray], detector: FaceDetector, classifier: FaceClassifier, face_px: FacePx = None
 ) -> list[list[tuple[Detection, np.ndarray]]]:
     """Detect faces in ``images`` and classify every face of the batch in one forward pass.
+
+    Args:
+        face_px: per image, the face sizes to search (``None``: all), for a detector whose
+            ``searches_face_sizes`` is true (:class:`maskjob.scoring.detectors.Mtcnn`).
 
     Returns:
         Per image, ``(detection, class probabilities in CLASSES order)`` per face.
     """
-    detections = detector.detect_batch(list(images))
+    if face_px is None:
+        detections = detector.detect_batch(list(images))
+    else:
+        detections = detector.detect_batch(list(images), face_px=face_px)  # type: ignore[call-arg]
     crops = [crop_face(rgb, det.box, detector.crop_scale) for rgb, dets in zip(images, detections) for det in dets]
     probs = classifier.predict_proba(crops) if crops else np.empty((0, len(CLASSES)))
     out: list[list[tuple[Detection, np.ndarray]]] = []
@@ -70,20 +80,20 @@ FrameFaces = list[tuple[Detection, np.ndarray]]
 
 
 def classify_isolating(images: Sequence[np.ndarray], detector: FaceDetector,
-                       classifier: FaceClassifier) -> list[FrameFaces | Exception]:
+                       classifier: FaceClassifier, face_px: FacePx = None) -> list[FrameFaces | Exception]:
     """:func:`~maskjob.scoring.faces.classify_faces` on a batch; if it raises, on each frame alone, so
     a frame the models fail on gets its exception instead of failing the batch's other frames."""
     try:
-        return list(classify_faces(images, detector, classifier))
+        return list(classify_faces(images, detector, classifier, face_px))
     except Exception as exc:
         if len(images) == 1:
             return [exc]
         logger.warning("a batch of %d frames failed in the models; retrying its frames one by one",
                        len(images), exc_info=True)
     out: list[FrameFaces | Exception] = []
-    for rgb in images:
+    for i, rgb in enumerate(images):
         try:
-            out.extend(classify_faces([rgb], detector, classifier))
+            out.extend(classify_faces([rgb], detector, classifier, None if face_px is None else [face_px[i]]))
         except Exception as exc:
             out.append(exc)
     return out
@@ -133,6 +143,7 @@ def classify_batches(
     detector: FaceDetector,
     classifier: FaceClassifier,
     workers: int | None = None,
+    face_px: Iterable[FacePx] | None = None,
 ) -> Iterator[list[FrameFaces | Exception]]:
     """:func:`~maskjob.scoring.faces.classify_faces` on each batch, ``workers`` batches at once.
 
@@ -145,6 +156,8 @@ def classify_batches(
         batches: lists of RGB frames.
         detector, classifier: shared by the workers (both are safe to call concurrently).
         workers: batches in flight; default ``torch.get_num_threads()`` (the CPU cores).
+        face_px: per batch, each frame's face sizes to search (see :func:`classify_faces`),
+            taken in step with ``batches``; ``None``: every frame searches fully.
 
     Returns:
         Per batch, in input order, per frame, ``(detection, class probabilities)`` per face,
@@ -158,7 +171,8 @@ def classify_batches(
     # the default for threads that start later: restore that afterwards.
     pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
     try:
-        yield from prefetch(pool, batches, lambda images: classify_isolating(images, detector, classifier),
+        jobs = zip(batches, face_px) if face_px is not None else ((images, None) for images in batches)
+        yield from prefetch(pool, jobs, lambda job: classify_isolating(job[0], detector, classifier, job[1]),
                              window=workers + 1)
     finally:
         pool.shutdown(cancel_futures=True)

@@ -67,12 +67,15 @@ def _normalise(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - 127.5) * 0.0078125
 
 
-def _pyramid_scales(height: int, width: int, min_face_px: int) -> list[float]:
+def _pyramid_scales(height: int, width: int, min_face_px: float, max_face_px: float | None = None) -> list[float]:
+    """P-Net's image scales: level ``k`` looks for faces of about ``12 / scale`` px, from
+    ``min_face_px`` up; levels for faces above ``max_face_px`` are left out."""
     scale = 12.0 / min_face_px
     side = min(height, width) * scale
     scales = []
     while side >= 12:
-        scales.append(scale)
+        if max_face_px is None or PNET_CELL / scale <= max_face_px:
+            scales.append(scale)
         scale *= SCALE_FACTOR
         side *= SCALE_FACTOR
     return scales
@@ -247,8 +250,9 @@ def _per_frame(boxes: torch.Tensor, inds: torch.Tensor, points: torch.Tensor, n:
     return result
 
 
-def detect_faces(frames: np.ndarray, nets: Sequence[torch.nn.Module], min_face_px: int,
-                 thresholds: Sequence[float] = THRESHOLDS, *, faithful: bool = False) -> list[Faces]:
+def detect_faces(frames: np.ndarray, nets: Sequence[torch.nn.Module], min_face_px: float,
+                 thresholds: Sequence[float] = THRESHOLDS, *, faithful: bool = False,
+                 max_face_px: float | None = None) -> list[Faces]:
     """Faces and their five landmarks in a stack of same-sized frames.
 
     Args:
@@ -258,14 +262,16 @@ def detect_faces(frames: np.ndarray, nets: Sequence[torch.nn.Module], min_face_p
         thresholds: face probability each stage keeps.
         faithful: reproduce facenet-pytorch's ``detect`` exactly (slower; see the module doc);
             exact only with the nets in the default memory layout (not ``channels_last``).
+        max_face_px: leave out the pyramid levels for faces larger than this (``None``: all
+            levels down to P-Net's 12 px window); the cascade's later stages are unchanged.
 
     Returns:
         Per frame, a :class:`Faces` of ``boxes``, ``probs`` and ``landmarks``.
     """
     pnet, rnet, onet = nets
     n, height, width = frames.shape[:3]
-    scales = _pyramid_scales(height, width, min_face_px)
-    if not scales:  # smaller than P-Net's 12 px window at min_face_px: no face can be found
+    scales = _pyramid_scales(height, width, min_face_px, max_face_px)
+    if not scales:  # smaller than P-Net's 12 px window at min_face_px, or no level in range: no face
         return [_no_faces() for _ in range(n)]
     with torch.inference_mode():
         # The original copies the frames first; the copy's canonical strides decide the memory

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import tee
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -42,7 +42,8 @@ from sqlalchemy.engine import Engine
 from maskjob import CLASSES
 from maskjob.config import Settings, bounds_text, within_bounds
 from maskjob.errors import MaskjobError
-from maskjob.scoring.detectors import FaceDetector, create_detector
+from maskjob.scoring.detectors import FaceDetector, FaceSizeRange, create_detector
+from maskjob.scoring.face_sizes import CameraFaceSizes, face_size_tracker
 from maskjob.scoring.faces import (
     FaceClassifier,
     FrameFaces,
@@ -163,13 +164,29 @@ def _resolve_model(engine: Engine, version: str | None) -> ModelVersion:
         return found
 
 
-def _scored_keys(engine: Engine, model_version_id: int, *, retry_unreadable: bool) -> set[str]:
-    """``path_key`` of the paths the model has a row for (not counting ``unreadable`` ones when retrying them)."""
-    query = sa.select(Image.path_key).where(Image.model_version_id == model_version_id)
-    if retry_unreadable:
-        query = query.where(Image.status != "unreadable")
-    with engine.connect() as conn:
-        return {key for (key,) in conn.execute(query)}
+# Keys per ``IN (...)`` lookup of the skip-list: well under SQLite's 32,766 bound parameters and
+# PostgreSQL's 65,535, and each chunk is one range scan per key on the unique (path_key, model) index.
+SKIP_LOOKUP_KEYS = 500
+
+
+def _scored_keys(conn: sa.Connection, model_version_id: int, keys: Sequence[str], *,
+                 retry_unreadable: bool) -> set[str]:
+    """Those of ``keys`` (``path_key`` values of the frames found for this run) that the model
+    already has a row for, not counting ``unreadable`` rows when retrying them.
+
+    Looks up only ``keys``, ``SKIP_LOOKUP_KEYS`` at a time, on the unique
+    ``(path_key, model_version_id)`` index, so the cost follows the run's interval, not the
+    model's history.
+    """
+    unique = sorted(set(keys))
+    done: set[str] = set()
+    for start in range(0, len(unique), SKIP_LOOKUP_KEYS):
+        query = sa.select(Image.path_key).where(Image.model_version_id == model_version_id,
+                                                Image.path_key.in_(unique[start:start + SKIP_LOOKUP_KEYS]))
+        if retry_unreadable:
+            query = query.where(Image.status != "unreadable")
+        done.update(key for (key,) in conn.execute(query))
+    return done
 
 
 def image_rows(batch: Sequence[DecodedFrame], found_per_frame: Sequence[FrameFaces | Exception],
@@ -325,8 +342,10 @@ def _run(engine: Engine, settings: Settings, inbox: Path, frames: Sequence[Frame
     started = time.perf_counter()
     try:
         with Heartbeat(engine, run_id, min(HEARTBEAT_MAX_S, lease_s / 4)) as heartbeat:
-            done = _scored_keys(engine, key.model_id, retry_unreadable=settings.retry_unreadable)
-            todo = [f for f in frames if path_key(f.rel_path) not in done]
+            keys = [path_key(f.rel_path) for f in frames]
+            with engine.connect() as conn:
+                done = _scored_keys(conn, key.model_id, keys, retry_unreadable=settings.retry_unreadable)
+            todo = [f for f, k in zip(frames, keys) if k not in done]
             summary.n_skipped = len(frames) - len(todo)
             with engine.begin() as conn:
                 beat(conn, run_id, n_skipped=summary.n_skipped)
@@ -335,9 +354,10 @@ def _run(engine: Engine, settings: Settings, inbox: Path, frames: Sequence[Frame
                 logger.info("registered %d new camera(s) with the site defaults: %s", len(new), ", ".join(new))
             logger.info("scoring %d frames (%d already scored) with %s, run %d",
                         len(todo), summary.n_skipped, key.model_version, run_id)
+            sizes = _face_sizes(engine, settings, detector, todo)
             stop.check()
             _score_frames(engine, settings, inbox.resolve(), todo, zones, detector, classifier, key.model_id,
-                          summary, progress, heartbeat, stop)
+                          summary, progress, heartbeat, stop, sizes)
     except BaseException as exc:
         summary.elapsed_s = time.perf_counter() - started
         error = f"interrupted: {exc.signame}" if isinstance(exc, ScoringInterrupted) else f"{type(exc).__name__}: {exc}"
@@ -352,6 +372,23 @@ def _run(engine: Engine, settings: Settings, inbox: Path, frames: Sequence[Frame
                         "heartbeat stopped for longer than its lease; every frame is stored")
     logger.info(summary.format_line())
     return summary
+
+
+def _face_sizes(engine: Engine, settings: Settings, detector: FaceDetector,
+                todo: Sequence[Frame]) -> CameraFaceSizes | None:
+    """The per-camera face-size tracker (:mod:`maskjob.scoring.face_sizes`), or ``None`` when
+    the detector searches every size anyway or every frame is to search fully."""
+    if not getattr(detector, "searches_face_sizes", False) or settings.face_size_recheck_frames == 1 or not todo:
+        return None
+    with engine.connect() as conn:
+        sizes = face_size_tracker(conn, settings, todo)
+    cameras = sorted({f.camera_id for f in todo})
+    ranged = [c for c in cameras if sizes.range_for(c) is not None]
+    logger.info("face-size ranges for %d of %d camera(s) (every %d-th frame searches fully): %s", len(ranged),
+                len(cameras), settings.face_size_recheck_frames,
+                ", ".join(f"{c} {r.min_px:.0f}-{r.max_px:.0f} px" for c in ranged if (r := sizes.range_for(c)))
+                or "none")
+    return sizes
 
 
 def _close_run(engine: Engine, summary: ScoreSummary, status: str, error: str | None) -> bool:
@@ -382,12 +419,30 @@ def _write_batch(engine: Engine, rows: Sequence[dict[str, Any]], summary: ScoreS
     _tally(summary, stored, n_skipped)
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A batch of decoded frames, its readable images and (with a tracker) their searches."""
+
+    frames: list[DecodedFrame]
+    images: list[Any]
+    cameras: list[str]
+    face_px: list[FaceSizeRange | None] | None
+
+
+def _planned(batches: Iterable[list[DecodedFrame]], sizes: CameraFaceSizes | None) -> Iterator[_Planned]:
+    for batch in batches:
+        readable = [d for d in batch if d.rgb is not None]
+        cameras = [d.frame.camera_id for d in readable]
+        yield _Planned(batch, [d.rgb for d in readable], cameras, None if sizes is None else sizes.plan(cameras))
+
+
 def _score_frames(engine: Engine, settings: Settings, root: Path, todo: Sequence[Frame], zones: CameraZones,
                   detector: FaceDetector,
                   classifier: FaceClassifier, model_id: int, summary: ScoreSummary, progress: bool | None,
-                  heartbeat: Heartbeat, stop: Stop) -> None:
+                  heartbeat: Heartbeat, stop: Stop, sizes: CameraFaceSizes | None = None) -> None:
     """Decode, detect, classify and write ``todo`` in batches (:func:`_write_batch`); after each
-    batch, stop if a signal came or the lease was lost."""
+    batch, stop if a signal came or the lease was lost. With ``sizes``, each frame searches its
+    camera's face-size range, and the full searches' faces refresh the ranges."""
     from tqdm import tqdm
 
     with ThreadPoolExecutor(DECODE_THREADS) as pool, tqdm(
@@ -395,12 +450,15 @@ def _score_frames(engine: Engine, settings: Settings, root: Path, todo: Sequence
     ) as bar:
         decoded = prefetch(pool, todo, lambda f: decode_frame(f, root, settings.max_image_pixels),
                             window=2 * settings.score_batch_frames)
-        frame_batches, image_batches = tee(batched(decoded, settings.score_batch_frames))
-        images = ([d.rgb for d in batch if d.rgb is not None] for batch in image_batches)
-        with closing(classify_batches(images, detector, classifier)) as found:
-            for batch, found_per_frame in zip(frame_batches, found):
-                _write_batch(engine, image_rows(batch, found_per_frame, model_id, summary.run_id, zones), summary,
-                             settings.retry_unreadable)
-                bar.update(len(batch))
+        for_images, for_sizes, for_writes = tee(_planned(batched(decoded, settings.score_batch_frames), sizes), 3)
+        images = (p.images for p in for_images)
+        face_px = (p.face_px for p in for_sizes) if sizes is not None else None
+        with closing(classify_batches(images, detector, classifier, face_px=face_px)) as found:
+            for planned, found_per_frame in zip(for_writes, found):
+                if sizes is not None and planned.face_px is not None:
+                    sizes.observe(planned.cameras, planned.face_px, found_per_frame)
+                _write_batch(engine, image_rows(planned.frames, found_per_frame, model_id, summary.run_id, zones),
+                             summary, settings.retry_unreadable)
+                bar.update(len(planned.frames))
                 stop.check()
                 heartbeat.check()
