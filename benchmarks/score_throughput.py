@@ -428,8 +428,7 @@ def face_size_comparison(settings: Settings, inbox: Path, frames: list, truth: d
             url = f"sqlite:///{copy}"
             runs[name].append(timed(lambda: end_to_end_since(config, inbox, url, middle)))
             quality[name] = stored_recall(url, measured, truth)
-    print(f"
-| `maskjob score` end to end on the {len(measured)} frames from {middle:%H:%M} UTC on (history: the "
+    print(f"\n| `maskjob score` end to end on the {len(measured)} frames from {middle:%H:%M} UTC on (history: the "
           f"{history.n_frames} earlier frames, {history.n_faces} faces), median (min-max) of {repeats} "
           "| frames/s | frames per CPU-s | load | x today | recall, all faces | "
           + " | ".join(CLASSES) + " |")
