@@ -17,14 +17,22 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from maskjob import CLASSES
-from maskjob.reporting.compliance_data import WindowCounts, WindowData, clean_reason
+
+# The pure pandas steps after the SQL are shared: only the rows read differ between the two.
+from maskjob.reporting.compliance_data import (
+    _FACE_COLUMNS,
+    STATUSES,
+    VIOLATIONS,
+    WindowData,
+    _camera_table,
+    _count_if,
+    _counts,
+    _local_buckets,
+    clean_reason,
+)
 from maskjob.storage.schema import Face, Image, ModelVersion
-from maskjob.vocab import IMAGE_STATUSES
 
 __all__ = ["load_window_superseded"]
-
-VIOLATIONS = ("without_mask", "partial_mask")
-STATUSES = IMAGE_STATUSES
 
 _images = Image.__table__
 _faces_t = Face.__table__
@@ -76,20 +84,8 @@ def _bucket(conn: Connection) -> sa.ColumnElement[str]:
     return sa.func.substr(_images.c.captured_at, 1, 13)
 
 
-def _local_buckets(utc_hours: pd.Series, zone: str, hourly: bool) -> pd.Series:
-    """UTC hour buckets as the site's local hour of day (``"07"``) or local day (``"2026-11-24"``).
-
-    Grouping by UTC hour in SQL and converting here keeps the SQL the same on both databases
-    and gets DST right: every UTC hour maps to exactly one local hour.
-    """
-    if utc_hours.empty:
-        return utc_hours.astype(str)
-    local = pd.to_datetime(utc_hours, format="%Y-%m-%d %H").dt.tz_localize("UTC").dt.tz_convert(zone)
-    return local.dt.strftime("%H" if hourly else "%Y-%m-%d")
 
 
-def _count_if(condition: sa.ColumnElement[bool], name: str) -> sa.Label[Any]:
-    return sa.func.sum(sa.case((condition, 1), else_=0)).label(name)
 
 
 def _frames(conn: Connection, prev_start: datetime, start: datetime, end: datetime,
@@ -131,9 +127,6 @@ def _faces(conn: Connection, prev_start: datetime, start: datetime, end: datetim
     return frame
 
 
-_FACE_COLUMNS = ("camera_id", "image_path", "captured_at", "x1", "y1", "x2", "y2", "label", "confidence")
-
-
 def _face_columns() -> list[sa.ColumnElement[Any]]:
     return [_images.c.camera_id, _images.c.path.label("image_path"), _images.c.captured_at,
             *(_faces_t.c[name] for name in ("x1", "y1", "x2", "y2", "label", "confidence"))]
@@ -173,29 +166,10 @@ def _review(conn: Connection, start: datetime, end: datetime, camera: str | None
     return pd.DataFrame(conn.execute(stmt).all(), columns=list(_FACE_COLUMNS))
 
 
-def _counts(frames: pd.DataFrame, faces: pd.DataFrame) -> WindowCounts:
-    return WindowCounts(
-        frames=int(frames["frames"].sum()),
-        faces=int(faces["faces"].sum()),
-        by_label={label: int(faces[label].sum()) for label in CLASSES},
-    )
 
 
-def _rate(table: pd.DataFrame) -> pd.Series:
-    return (table["with_mask"] / table["faces"]).where(table["faces"] > 0)
 
 
-def _camera_table(frames: pd.DataFrame, faces: pd.DataFrame, prev_faces: pd.DataFrame) -> pd.DataFrame:
-    face_columns = [*CLASSES, "faces"]
-    per_camera = frames.groupby("camera_id")[["frames", *STATUSES]].sum()
-    per_camera = per_camera.join(faces.groupby("camera_id")[face_columns].sum(), how="outer")
-    per_camera = per_camera.fillna(0).astype("int64")
-    per_camera["rate"] = _rate(per_camera)
-    per_camera["prev_rate"] = _rate(prev_faces.groupby("camera_id")[face_columns].sum()).reindex(per_camera.index)
-    per_camera = per_camera.reset_index()
-    # Worst first; cameras that saw no face at all go last (nothing to judge them on).
-    return per_camera.sort_values(["rate", "without_mask", "camera_id"], ascending=[True, False, True],
-                                  na_position="last", ignore_index=True)
 
 
 def load_window_superseded(
