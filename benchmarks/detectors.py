@@ -51,11 +51,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from score_throughput import demo_frames, make_settings, read_truth
 
 from maskjob import CLASSES
 from maskjob.config import Settings, replace
 from maskjob.scoring.matching import iou
-from score_throughput import make_settings, read_truth
 
 Box = tuple[float, float, float, float]
 DEFAULT_DETECTORS = ("mtcnn", "res10", "ultralight", "centerface@0.3", "centerface@0.5",
@@ -224,21 +224,13 @@ def measure(spec: str, settings: Settings, images: list[np.ndarray]) -> tuple[li
 
 
 def main() -> None:
-    from maskjob.imageio import read_rgb
-    from maskjob.scoring.frames import discover_frames
 
     args = parse_args()
     one_thread()
     command = shlex.join(["python", "benchmarks/detectors.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="maskjob-detectors-"))
     settings = make_settings(args, work)
-    inbox = args.inbox
-    if inbox is None:
-        from maskjob.demo.builder import FRAMES, build_demo
-
-        inbox = build_demo(settings, root=work / "dataset", inbox=work / "inbox", scale=args.frames / FRAMES).inbox
-    frames = discover_frames(inbox)
-    images = [read_rgb(f.path) for f in frames]
+    inbox, frames, images = demo_frames(args, settings, work)
     truth = read_truth(inbox)
     truths = [truth.get(f.rel_path, []) for f in frames]
     load = " / ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -136,6 +136,20 @@ def prepare_checkpoint(args: argparse.Namespace, work: Path) -> Path:
     return save_checkpoint(work / f"untrained-{args.arch}.pt", model.state_dict(), meta)
 
 
+def demo_frames(args: argparse.Namespace, settings: Settings, work: Path) -> tuple[Path, list, list]:
+    """The inbox (``--inbox``, else a demo inbox of ``--frames`` frames built under ``work``),
+    its frames in scan order and their decoded RGB arrays."""
+    from maskjob.demo.builder import FRAMES, build_demo
+    from maskjob.imageio import read_rgb
+    from maskjob.scoring.frames import discover_frames
+
+    inbox = args.inbox
+    if inbox is None:
+        inbox = build_demo(settings, root=work / "dataset", inbox=work / "inbox", scale=args.frames / FRAMES).inbox
+    frames = discover_frames(inbox)
+    return inbox, frames, [read_rgb(f.path) for f in frames]
+
+
 def read_truth(inbox: Path) -> dict[str, list[tuple[tuple[int, int, int, int], str]]]:
     truth: dict[str, list[tuple[tuple[int, int, int, int], str]]] = defaultdict(list)
     with (inbox / "ground_truth.csv").open() as fh:
@@ -464,21 +478,13 @@ def median_range(runs: list[dict[str, float]], key: str, fmt: str = ".1f") -> st
 def main() -> None:
     import torch
 
-    from maskjob.imageio import read_rgb
     from maskjob.ml.checkpoint import load_classifier
-    from maskjob.scoring.frames import discover_frames
 
     args = parse_args()
     command = shlex.join(["python", "benchmarks/score_throughput.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="maskjob-bench-"))
     settings = make_settings(args, work)
-    inbox = args.inbox
-    if inbox is None:
-        from maskjob.demo.builder import FRAMES, build_demo
-
-        inbox = build_demo(settings, root=work / "dataset", inbox=work / "inbox", scale=args.frames / FRAMES).inbox
-    frames = discover_frames(inbox)
-    images = [read_rgb(f.path) for f in frames]
+    inbox, frames, images = demo_frames(args, settings, work)
     ckpt = prepare_checkpoint(args, work)
     classifier = load_classifier(ckpt)
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
