@@ -79,8 +79,8 @@ def build(db_path: Path, target_faces: int, seed: int = 0) -> None:
     """Create the benchmark database with exactly ``target_faces`` faces over ``N_DAYS`` days.
 
     The older model version scored the first 20 days, the champion the last 10. The rows go
-    in with the derived-state triggers off (one transaction); ``latest_scorings`` and
-    ``hourly_counts`` are then rebuilt from them in the same transaction.
+    in with the derived-state triggers off (one transaction); the images' confidence extremes,
+    ``latest_scorings`` and ``hourly_counts`` are then computed from them in the same transaction.
     """
     import sqlalchemy as sa
 
@@ -117,6 +117,7 @@ def build(db_path: Path, target_faces: int, seed: int = 0) -> None:
             next_id += len(images)
             logger.info("%s: %d faces, %d images so far (%.0f s)", day, total, next_id - 1,
                         time.perf_counter() - started)
+        derived.fill_confidence_extremes(conn)
         n_latest, n_hourly = derived.rebuild(conn)
     logger.info("derived state: %d latest_scorings, %d hourly_counts rows (%.0f s)", n_latest, n_hourly,
                 time.perf_counter() - started)

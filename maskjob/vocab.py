@@ -14,11 +14,13 @@ import re
 __all__ = [
     "ARCHS", "CLASSES", "CLASS_COLOURS", "CUSTOM_ARCHS", "DEFAULT_MAX_IMAGE_PIXELS", "DETECTORS", "IMAGE_EXTENSIONS",
     "IMAGE_STATUSES", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "MODEL_STATUSES", "RUN_STATUSES", "TRANSFER_ARCHS",
-    "class_colour_hex", "slug",
+    "VIOLATIONS", "class_colour_hex", "slug",
 ]
 
 # The canonical class order everywhere: model outputs, probability columns, confusion matrices.
 CLASSES: tuple[str, ...] = ("with_mask", "without_mask", "partial_mask")
+# The classes that break the rule: the report's gallery, images.top_violation_confidence.
+VIOLATIONS: tuple[str, ...] = ("without_mask", "partial_mask")
 
 # One colour per class (RGB): boxes drawn on frames, report charts and the pages' CSS.
 # Dark enough for white text on them and for lines on a white page.

@@ -64,17 +64,17 @@ HOUR_UTC = {
 }
 
 
-def _image_values(dialect: str, p: str) -> str:
+def _image_values(dialect: str, p: str, latest: Sequence[str] = LATEST_COLUMNS) -> str:
     """latest_scorings' columns computed from an images row named by prefix ``p`` (``NEW.``, ``r.``)."""
     values = [f"{p}id" if c == "image_id" else HOUR_UTC[dialect].format(p=p) if c == "hour_utc" else f"{p}{c}"
-              for c in LATEST_COLUMNS]
+              for c in latest]
     return ", ".join(values)
 
 
-def _best_images(dialect: str, where: str) -> str:
+def _best_images(dialect: str, where: str, latest: Sequence[str] = LATEST_COLUMNS) -> str:
     """INSERT into latest_scorings of the best image of each path_key among images matching ``where``."""
-    return (f"INSERT INTO latest_scorings ({', '.join(LATEST_COLUMNS)}) "
-            f"SELECT {_image_values(dialect, 'r.')} FROM ("
+    return (f"INSERT INTO latest_scorings ({', '.join(latest)}) "
+            f"SELECT {_image_values(dialect, 'r.', latest)} FROM ("
             "SELECT i.*, ROW_NUMBER() OVER (PARTITION BY i.path_key ORDER BY i.scored_at DESC, i.id DESC) AS rank_ "
             f"FROM images AS i WHERE {where}) AS r WHERE r.rank_ = 1")
 
@@ -102,28 +102,32 @@ HOURLY_FROM_LATEST = (f"INSERT INTO hourly_counts ({', '.join(HOURLY_KEY + HOURL
 
 NEWER = ("(excluded.scored_at > latest_scorings.scored_at OR (excluded.scored_at = latest_scorings.scored_at "
          "AND excluded.image_id > latest_scorings.image_id))")
-UPSERT_LATEST = ("ON CONFLICT (path_key) DO UPDATE SET "
-                 + ", ".join(f"{c} = excluded.{c}" for c in LATEST_COLUMNS if c != "path_key")
-                 + f" WHERE {NEWER}")
 
 
-def _sqlite_triggers() -> list[str]:
+def _upsert_latest(latest: Sequence[str]) -> str:
+    return ("ON CONFLICT (path_key) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in latest if c != "path_key") + f" WHERE {NEWER}")
+
+
+# The trigger builders take latest_scorings' columns and the images columns an UPDATE must
+# re-derive, so that a later revision adding columns rebuilds the same triggers over its own.
+def _sqlite_triggers(latest: Sequence[str] = LATEST_COLUMNS, derived_from: Sequence[str] = DERIVED_FROM) -> list[str]:
     key = ", ".join(f"{{p}}{c}" for c in HOURLY_KEY)
     add = "VALUES (" + key.format(p="NEW.") + ", " + ", ".join(_contributions("NEW.")) + ")"
     sub = "VALUES (" + key.format(p="OLD.") + ", " + ", ".join(_contributions("OLD.", "-")) + ")"
     return [
         f"""CREATE TRIGGER {PREFIX}images_insert AFTER INSERT ON images BEGIN
-    INSERT INTO latest_scorings ({', '.join(LATEST_COLUMNS)}) VALUES ({_image_values('sqlite', 'NEW.')})
-    {UPSERT_LATEST};
+    INSERT INTO latest_scorings ({', '.join(latest)}) VALUES ({_image_values('sqlite', 'NEW.', latest)})
+    {_upsert_latest(latest)};
 END""",
         f"""CREATE TRIGGER {PREFIX}images_delete BEFORE DELETE ON images
 WHEN OLD.id = (SELECT image_id FROM latest_scorings WHERE path_key = OLD.path_key) BEGIN
     DELETE FROM latest_scorings WHERE path_key = OLD.path_key;
-    {_best_images('sqlite', 'i.path_key = OLD.path_key AND i.id <> OLD.id')};
+    {_best_images('sqlite', 'i.path_key = OLD.path_key AND i.id <> OLD.id', latest)};
 END""",
-        f"""CREATE TRIGGER {PREFIX}images_update AFTER UPDATE OF {', '.join(DERIVED_FROM)} ON images BEGIN
+        f"""CREATE TRIGGER {PREFIX}images_update AFTER UPDATE OF {', '.join(derived_from)} ON images BEGIN
     DELETE FROM latest_scorings WHERE path_key IN (OLD.path_key, NEW.path_key);
-    {_best_images('sqlite', 'i.path_key IN (OLD.path_key, NEW.path_key)')};
+    {_best_images('sqlite', 'i.path_key IN (OLD.path_key, NEW.path_key)', latest)};
 END""",
         f"""CREATE TRIGGER {PREFIX}latest_insert AFTER INSERT ON latest_scorings BEGIN
     {_hourly_upsert(add)};
@@ -150,23 +154,24 @@ def _pg_hourly_delta(sources: Sequence[tuple[str, str]]) -> str:
 
 
 # (trigger, table, timing and events, FOR EACH ..., function body)
-def _pg_triggers() -> list[tuple[str, str, str, str, str]]:
+def _pg_triggers(latest: Sequence[str] = LATEST_COLUMNS,
+                 derived_from: Sequence[str] = DERIVED_FROM) -> list[tuple[str, str, str, str, str]]:
     return [
         (f"{PREFIX}images_insert", "images", "AFTER INSERT", "REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT",
-         f"""INSERT INTO latest_scorings ({', '.join(LATEST_COLUMNS)})
-    SELECT DISTINCT ON (n.path_key) {_image_values('postgresql', 'n.')} FROM inserted AS n
+         f"""INSERT INTO latest_scorings ({', '.join(latest)})
+    SELECT DISTINCT ON (n.path_key) {_image_values('postgresql', 'n.', latest)} FROM inserted AS n
     ORDER BY n.path_key, n.scored_at DESC, n.id DESC
-    {UPSERT_LATEST};
+    {_upsert_latest(latest)};
     RETURN NULL;"""),
         (f"{PREFIX}images_delete", "images", "BEFORE DELETE", "FOR EACH ROW",
          f"""IF EXISTS (SELECT 1 FROM latest_scorings WHERE path_key = OLD.path_key AND image_id = OLD.id) THEN
         DELETE FROM latest_scorings WHERE path_key = OLD.path_key;
-        {_best_images('postgresql', 'i.path_key = OLD.path_key AND i.id <> OLD.id')};
+        {_best_images('postgresql', 'i.path_key = OLD.path_key AND i.id <> OLD.id', latest)};
     END IF;
     RETURN OLD;"""),
-        (f"{PREFIX}images_update", "images", f"AFTER UPDATE OF {', '.join(DERIVED_FROM)}", "FOR EACH ROW",
+        (f"{PREFIX}images_update", "images", f"AFTER UPDATE OF {', '.join(derived_from)}", "FOR EACH ROW",
          f"""DELETE FROM latest_scorings WHERE path_key IN (OLD.path_key, NEW.path_key);
-    {_best_images('postgresql', 'i.path_key IN (OLD.path_key, NEW.path_key)')};
+    {_best_images('postgresql', 'i.path_key IN (OLD.path_key, NEW.path_key)', latest)};
     RETURN NULL;"""),
         (f"{PREFIX}latest_insert", "latest_scorings", "AFTER INSERT",
          "REFERENCING NEW TABLE AS added FOR EACH STATEMENT",
@@ -180,12 +185,12 @@ def _pg_triggers() -> list[tuple[str, str, str, str, str]]:
     ]
 
 
-def _create_triggers() -> None:
+def _create_triggers(latest: Sequence[str] = LATEST_COLUMNS, derived_from: Sequence[str] = DERIVED_FROM) -> None:
     if op.get_context().dialect.name == "sqlite":
-        for sql in _sqlite_triggers():
+        for sql in _sqlite_triggers(latest, derived_from):
             op.execute(sql)
         return
-    for name, table, when, each, body in _pg_triggers():
+    for name, table, when, each, body in _pg_triggers(latest, derived_from):
         op.execute(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $body$\n"
                    f"BEGIN\n    {body}\nEND\n$body$")
         op.execute(f"CREATE TRIGGER {name} {when} ON {table} {each} EXECUTE FUNCTION {name}()")

@@ -1,4 +1,4 @@
-"""The compliance report's numbers, read from the derived state (migration 0005).
+"""The compliance report's numbers, read from the derived state (migrations 0005 and 0006).
 
 Frames per status and faces per label come from ``hourly_counts`` for the window's whole UTC
 hours, plus ``latest_scorings`` for the partial hours at its ends (a local day in a zone
@@ -29,13 +29,12 @@ from sqlalchemy.engine import Connection, Engine
 from maskjob import CLASSES
 from maskjob.storage.schema import Face, HourlyCount, Image, LatestScoring, ModelVersion
 from maskjob.timeutil import to_naive_utc
-from maskjob.vocab import IMAGE_STATUSES
+from maskjob.vocab import IMAGE_STATUSES, VIOLATIONS
 
 __all__ = ["WindowCounts", "WindowData", "load_window", "clean_reason", "hour_spans"]
 
 logger = logging.getLogger(__name__)
 
-VIOLATIONS = ("without_mask", "partial_mask")
 STATUSES = IMAGE_STATUSES
 # What one (UTC hour, camera, model version) group counts: frames, frames per status, faces per label.
 COUNTS = ("images", *STATUSES, *CLASSES)
@@ -213,58 +212,65 @@ _FACE_COLUMNS = ("camera_id", "image_path", "captured_at", "x1", "y1", "x2", "y2
 _BOX = ("x1", "y1", "x2", "y2", "label", "confidence")
 
 
-def _ranked_faces(conn: Connection, where: list[sa.ColumnElement[bool]], most_confident: bool,
-                  cap: int, with_total: bool = False) -> tuple[pd.DataFrame, int]:
-    """The ``cap`` faces of the window's frames matching ``where``, by confidence, with their frame's path.
+def _ranked_faces(conn: Connection, frame_where: list[sa.ColumnElement[bool]], face_where: sa.ColumnElement[bool],
+                  most_confident: bool, cap: int) -> pd.DataFrame:
+    """The ``cap`` faces matching ``face_where`` of the frames matching ``frame_where``, by
+    confidence (most or least confident first, then image id and face index), with their frame's path.
 
-    Ranks and caps on ``latest_scorings`` joined to ``faces`` first and reads ``images.path``
-    only for the faces kept. With ``with_total`` also returns how many faces matched
-    (``COUNT(*) OVER ()``: the same pass as the ranking); otherwise 0.
+    Ranks frames first, on their confidence extreme in ``latest_scorings`` (migration 0006:
+    ``top_violation_confidence`` for the most confident violations, ``min_confidence`` for the
+    least confident faces), read from the covering index without touching a table row, and
+    reads ``faces`` and ``images`` only for the ``cap`` frames kept. Exact: each of the ``cap``
+    best faces lies in one of the ``cap`` best frames, since every frame ranked above a face's
+    frame holds a face ranked above that face (same ties: lower image id first).
     """
-    confidence = _faces_t.c.confidence.desc() if most_confident else _faces_t.c.confidence
-    ranked = (
-        sa.select(_latest.c.camera_id, _latest.c.captured_at, _faces_t.c.image_id, _faces_t.c.face_index,
-                  *(_faces_t.c[name] for name in _BOX),
-                  (sa.func.count().over() if with_total else sa.literal(0)).label("total"))
-        .select_from(_latest.join(_faces_t, _faces_t.c.image_id == _latest.c.image_id))
-        .where(*where)
-        .order_by(confidence, _faces_t.c.image_id, _faces_t.c.face_index)
+    extreme = _latest.c.top_violation_confidence if most_confident else _latest.c.min_confidence
+    frames = (
+        sa.select(_latest.c.image_id, _latest.c.camera_id, _latest.c.captured_at)
+        .where(*frame_where)
+        .order_by(extreme.desc() if most_confident else extreme, _latest.c.image_id)
         .limit(cap)
         .subquery()
     )
-    order = ranked.c.confidence.desc() if most_confident else ranked.c.confidence
+    confidence = _faces_t.c.confidence.desc() if most_confident else _faces_t.c.confidence
     stmt = (
-        sa.select(ranked.c.camera_id, _images.c.path.label("image_path"), ranked.c.captured_at,
-                  *(ranked.c[name] for name in _BOX), ranked.c.total)
-        .select_from(ranked.join(_images, _images.c.id == ranked.c.image_id))
-        .order_by(order, ranked.c.image_id, ranked.c.face_index)
+        sa.select(frames.c.camera_id, _images.c.path.label("image_path"), frames.c.captured_at,
+                  *(_faces_t.c[name] for name in _BOX))
+        .select_from(frames.join(_faces_t, _faces_t.c.image_id == frames.c.image_id)
+                     .join(_images, _images.c.id == frames.c.image_id))
+        .where(face_where)
+        .order_by(confidence, _faces_t.c.image_id, _faces_t.c.face_index)
+        .limit(cap)
     )
-    rows = conn.execute(stmt).all()
-    total = int(rows[0].total) if rows else 0
-    return pd.DataFrame([row[:-1] for row in rows], columns=list(_FACE_COLUMNS)), total
+    return pd.DataFrame(conn.execute(stmt).all(), columns=list(_FACE_COLUMNS))
 
 
 def _gallery(conn: Connection, start: datetime, end: datetime, cameras: list[str], cap: int) -> pd.DataFrame:
     """The ``cap`` most confident violation faces of each camera.
 
-    One ``ORDER BY ... LIMIT`` query per camera: each walks that camera's slice of
-    ``ix_latest_scorings_camera_id_captured_at`` and keeps a bounded sort, cheaper than ranking
-    every violation of the window with a window function.
+    One query per camera: each ranks that camera's slice of the covering index
+    ``ix_latest_scorings_camera_id_captured_at`` on ``top_violation_confidence``.
     """
-    violation = _faces_t.c.label.in_(VIOLATIONS)
-    parts = [_ranked_faces(conn, [*_latest_where(start, end, camera), violation], True, cap)[0] for camera in cameras]
+    parts = [_ranked_faces(conn, [*_latest_where(start, end, camera), _latest.c.top_violation_confidence.is_not(None)],
+                           _faces_t.c.label.in_(VIOLATIONS), True, cap) for camera in cameras]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(_FACE_COLUMNS))
 
 
 def _review(conn: Connection, start: datetime, end: datetime, camera: str | None, threshold: float,
             cap: int) -> tuple[pd.DataFrame, int]:
-    """The ``cap`` least confident faces below ``threshold``, and how many faces are below it."""
-    where = [*_latest_where(start, end, camera), _faces_t.c.confidence < threshold]
-    if cap > 0:
-        return _ranked_faces(conn, where, False, cap, with_total=True)
+    """The ``cap`` least confident faces below ``threshold``, and how many faces are below it.
+
+    The count reads ``faces`` only for frames whose ``min_confidence`` is below the threshold.
+    """
+    frame_where = [*_latest_where(start, end, camera), _latest.c.min_confidence < threshold]
+    below = _faces_t.c.confidence < threshold
     count = (sa.select(sa.func.count())
-             .select_from(_latest.join(_faces_t, _faces_t.c.image_id == _latest.c.image_id)).where(*where))
-    return pd.DataFrame(columns=list(_FACE_COLUMNS)), int(conn.execute(count).scalar_one())
+             .select_from(_latest.join(_faces_t, _faces_t.c.image_id == _latest.c.image_id))
+             .where(*frame_where, below))
+    total = int(conn.execute(count).scalar_one())
+    if cap <= 0 or total == 0:
+        return pd.DataFrame(columns=list(_FACE_COLUMNS)), total
+    return _ranked_faces(conn, frame_where, below, False, cap), total
 
 
 def _counts(frames: pd.DataFrame, faces: pd.DataFrame) -> WindowCounts:

@@ -11,11 +11,15 @@ transaction: inserts, deletes and updates of ``images``. Two helpers serve bulk 
 (benchmarks, imports), which are faster without per-statement trigger work:
 
 - :func:`triggers_disabled`: a block in which those triggers do not fire;
+- :func:`fill_confidence_extremes`: the images' ``top_violation_confidence`` and
+  ``min_confidence`` (migration 0006) from their faces, for rows written without them;
 - :func:`rebuild`: recompute both tables from ``images`` with set-based SQL.
 
 Example:
     >>> with engine.begin() as conn, triggers_disabled(conn):   # doctest: +SKIP
     ...     conn.execute(sa.insert(Image), many_rows)
+    ...     conn.execute(sa.insert(Face), their_faces)
+    ...     fill_confidence_extremes(conn)
     ...     rebuild(conn)
 """
 
@@ -27,12 +31,13 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["TRIGGER_PREFIX", "rebuild", "triggers_disabled"]
+__all__ = ["TRIGGER_PREFIX", "fill_confidence_extremes", "rebuild", "triggers_disabled"]
 
 TRIGGER_PREFIX = "maskjob_derived_"
 
 _LATEST_COLUMNS = ("path_key", "image_id", "model_version_id", "camera_id", "captured_at", "scored_at", "timezone",
-                   "local_day", "hour_utc", "status", "n_faces", "n_with_mask", "n_without_mask", "n_partial_mask")
+                   "local_day", "hour_utc", "status", "n_faces", "n_with_mask", "n_without_mask", "n_partial_mask",
+                   "top_violation_confidence", "min_confidence")
 _HOURLY_KEY = "hour_utc, camera_id, local_day, timezone, model_version_id"
 
 # captured_at floored to the UTC hour, in the column's format on each database.
@@ -62,6 +67,24 @@ SELECT {_HOURLY_KEY}, COUNT(*),
 FROM latest_scorings
 GROUP BY {_HOURLY_KEY}
 """
+
+
+_FILL_EXTREMES = """
+UPDATE images SET top_violation_confidence = fc.top_violation, min_confidence = fc.lowest
+FROM (SELECT image_id,
+             MAX(CASE WHEN label IN ('without_mask', 'partial_mask') THEN confidence END) AS top_violation,
+             MIN(confidence) AS lowest
+      FROM faces GROUP BY image_id) AS fc
+WHERE images.id = fc.image_id
+"""
+
+
+def fill_confidence_extremes(conn: Connection) -> int:
+    """Set every image's ``top_violation_confidence`` and ``min_confidence`` from its faces
+    (set-based, in the caller's transaction); images without faces keep NULL. For bulk loads
+    that wrote faces without the writer; run it inside :func:`triggers_disabled`, before
+    :func:`rebuild`. Returns the images updated."""
+    return conn.exec_driver_sql(_FILL_EXTREMES).rowcount
 
 
 def rebuild(conn: Connection) -> tuple[int, int]:

@@ -20,12 +20,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 import maskjob
-from maskjob.vocab import IMAGE_STATUSES, MODEL_STATUSES, RUN_STATUSES
+from maskjob.vocab import IMAGE_STATUSES, MODEL_STATUSES, RUN_STATUSES, VIOLATIONS
 
 __all__ = [
     "Base", "Camera", "ModelVersion", "UtcDateTime", "PromotionDecision", "ScoringRun", "Image", "Face",
     "LatestScoring", "HourlyCount", "VIEW_NAMES",
-    "face_predictions", "image_predictions", "daily_compliance", "path_key", "raw_text_bytes",
+    "face_predictions", "image_predictions", "daily_compliance", "face_summary", "path_key", "raw_text_bytes",
 ]
 
 VIEW_NAMES = ("face_predictions", "image_predictions", "daily_compliance")
@@ -222,6 +222,11 @@ class Image(Base):
     n_with_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     n_without_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     n_partial_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    # The faces' confidence extremes (migration 0006), written with them; NULL without faces
+    # (top_violation_confidence: without a without_mask or partial_mask face). The report
+    # ranks frames on them (latest_scorings copies both).
+    top_violation_confidence: Mapped[float | None] = mapped_column(sa.Float)
+    min_confidence: Mapped[float | None] = mapped_column(sa.Float)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id", ondelete="SET NULL"))
     scored_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -296,8 +301,12 @@ class LatestScoring(Base):
 
     __tablename__ = "latest_scorings"
     __table_args__ = (
-        Index("ix_latest_scorings_captured_at", "captured_at"),
-        Index("ix_latest_scorings_camera_id_captured_at", "camera_id", "captured_at"),
+        # Covering (migration 0006): the week queries and the report read the entries only.
+        Index("ix_latest_scorings_captured_at", "captured_at", "camera_id", "status", "n_faces", "n_with_mask",
+              "n_without_mask", "n_partial_mask", "min_confidence", "image_id"),
+        Index("ix_latest_scorings_camera_id_captured_at", "camera_id", "captured_at", "status", "n_faces",
+              "n_with_mask", "n_without_mask", "n_partial_mask", "top_violation_confidence", "min_confidence",
+              "image_id"),
         Index("ix_latest_scorings_local_day_camera_id", "local_day", "camera_id"),
         Index("ix_latest_scorings_status_captured_at", "status", "captured_at"),
     )
@@ -316,6 +325,8 @@ class LatestScoring(Base):
     n_with_mask: Mapped[int]
     n_without_mask: Mapped[int]
     n_partial_mask: Mapped[int]
+    top_violation_confidence: Mapped[float | None] = mapped_column(sa.Float)
+    min_confidence: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class HourlyCount(Base):
@@ -393,11 +404,22 @@ daily_compliance = sa.Table(
 )
 
 
+def face_summary(faces: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    """The images columns summarising a frame's faces, given as ``(label, confidence)`` pairs:
+    ``n_faces``, ``n_<label>`` per class, ``top_violation_confidence`` and ``min_confidence``."""
+    labels = [label for label, _ in faces]
+    violations = [confidence for label, confidence in faces if label in VIOLATIONS]
+    return {"n_faces": len(faces), **{f"n_{label}": labels.count(label) for label in maskjob.CLASSES},
+            "top_violation_confidence": max(violations, default=None),
+            "min_confidence": min((confidence for _, confidence in faces), default=None)}
+
+
 @sa.event.listens_for(Image, "before_insert")
-def _label_counts_from_faces(mapper: Any, connection: Any, target: Image) -> None:
-    """An image written through the ORM with its faces gets the per-label counts
-    (``n_with_mask``, ...) that :func:`maskjob.storage.writes.insert_scored_images` fills in."""
+def _summary_from_faces(mapper: Any, connection: Any, target: Image) -> None:
+    """An image written through the ORM with its faces gets the per-label counts and confidence
+    extremes that :func:`maskjob.storage.writes.insert_scored_images` fills in."""
     if target.faces:
-        labels = [face.label for face in target.faces]
-        for label in maskjob.CLASSES:
-            setattr(target, f"n_{label}", labels.count(label))
+        summary = face_summary([(face.label, face.confidence) for face in target.faces])
+        del summary["n_faces"]
+        for column, value in summary.items():
+            setattr(target, column, value)

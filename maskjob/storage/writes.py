@@ -23,9 +23,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 
-from maskjob.storage.schema import Base, Face, Image, path_key, raw_text_bytes
+from maskjob.storage.schema import Base, Face, Image, face_summary, path_key, raw_text_bytes
 from maskjob.timeutil import local_facts, to_utc, zone
-from maskjob.vocab import CLASSES
 
 __all__ = [
     "MAX_INDEXED_TEXT_BYTES", "MAX_REASON_CHARS", "insert_images_and_faces", "insert_scored_images", "path_key",
@@ -113,18 +112,14 @@ def _fill_local_facts(row: dict[str, Any]) -> None:
         row["local_day"], row["utc_offset_s"] = local_facts(captured, zone(row["timezone"]))
 
 
-# images' face counts by label (migration 0005), which latest_scorings and the views read.
-LABEL_COUNT_COLUMNS = {f"n_{label}": label for label in CLASSES}
-
-
 def _fill_face_counts(row: dict[str, Any]) -> None:
-    """``n_faces`` and ``n_<label>`` from the row's ``"faces"`` where the caller gave none."""
+    """The images columns that summarise the row's ``"faces"`` (:func:`~maskjob.storage.schema.face_summary`:
+    counts per label since migration 0005, confidence extremes since 0006), where the caller gave none."""
     faces = row.get("faces") or ()
-    if row.get("n_faces") is None:
-        row["n_faces"] = len(faces)
-    for column, label in LABEL_COUNT_COLUMNS.items():
+    summary = face_summary([(face.get("label"), face.get("confidence")) for face in faces])
+    for column, value in summary.items():
         if row.get(column) is None:
-            row[column] = sum(1 for face in faces if face.get("label") == label)
+            row[column] = value
 
 
 def storable_image(image: Mapping[str, Any]) -> dict[str, Any]:
@@ -209,8 +204,8 @@ def _unstorable(row: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
     if row.get("reason"):
         reason = f"{reason}; {row['reason']}"
     return storable_image({**{k: row[k] for k in keep}, "content_sha256": None, "width": None, "height": None,
-                           "status": "unreadable", **dict.fromkeys(("n_faces", *LABEL_COUNT_COLUMNS), 0),
-                           "reason": storable_text(reason)[0], "faces": []})
+                           "status": "unreadable", **face_summary([]), "reason": storable_text(reason)[0],
+                           "faces": []})
 
 
 def insert_scored_images(conn: Connection | Session, images: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

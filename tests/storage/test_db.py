@@ -53,7 +53,7 @@ def _image(path: str, version_id: int, n_faces: int = 1) -> dict:
 
 def test_migrations_up_down_up(db_url):
     assert database.current(db_url) is None
-    assert database.upgrade(db_url) == database.head_revision() == "0005"
+    assert database.upgrade(db_url) == database.head_revision() == "0006"
     tables, views = _schema(db_url)
     assert tables == TABLES and views == set(schema.VIEW_NAMES)
 
@@ -66,9 +66,9 @@ def test_migrations_up_down_up(db_url):
     assert database.downgrade(db_url, "base") is None
     assert _schema(db_url) == (set(), set())
 
-    assert database.upgrade(db_url) == "0005"
+    assert database.upgrade(db_url) == "0006"
     assert _schema(db_url) == (TABLES, set(schema.VIEW_NAMES))
-    assert database.upgrade(db_url) == "0005"  # already at head: a no-op
+    assert database.upgrade(db_url) == "0006"  # already at head: a no-op
 
 
 def test_orm_models_match_migrations(migrated_db_url):
@@ -208,7 +208,7 @@ def test_user_errors_say_what_to_do(tmp_path):
     with pytest.raises(MaskjobError, match="Run `maskjob db upgrade`"):
         database.open_database(empty)
     database.upgrade(empty, "0001")
-    with pytest.raises(MaskjobError, match="revision 0001, this maskjob needs 0005"):
+    with pytest.raises(MaskjobError, match="revision 0001, this maskjob needs 0006"):
         database.open_database(empty)
     with pytest.raises(MaskjobError, match="cannot upgrade"):
         database.upgrade(empty, "nonexistent")
@@ -223,10 +223,10 @@ def test_cli_db_commands(tmp_path, capsys):
     assert main(["db", "current", "--database-url", url]) == 0
     assert "run `maskjob db upgrade`" in capsys.readouterr().out
     assert main(["db", "upgrade", "--database-url", url]) == 0
-    assert "empty -> 0005" in capsys.readouterr().out
+    assert "empty -> 0006" in capsys.readouterr().out
     assert main(["db", "downgrade", "0001", "--database-url", url]) == 0
     assert main(["db", "current", "--database-url", url]) == 0
-    assert "0001 (head is 0005" in capsys.readouterr().out
+    assert "0001 (head is 0006" in capsys.readouterr().out
     assert main(["--data-dir", str(tmp_path / "d"), "db", "upgrade"]) == 0
     assert (tmp_path / "d" / "maskjob.db").is_file()
     assert main(["db", "downgrade", "nope", "--database-url", url]) == 2
@@ -239,7 +239,7 @@ def test_alembic_command_line_from_repo_root(repo_root, tmp_path):
     done = subprocess.run([sys.executable, "-m", "alembic", "-c", "alembic.ini", "upgrade", "head"],
                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert database.current(url) == "0005"
+    assert database.current(url) == "0006"
     assert _schema(url) == (TABLES, set(schema.VIEW_NAMES))
 
 
