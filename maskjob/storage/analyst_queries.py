@@ -2,7 +2,10 @@
 
 One copy for the README test (every query appears there verbatim), the view tests (each runs
 unchanged on SQLite and PostgreSQL) and the scale benchmarks (each is timed for one week).
-They are plain SQL on the views, with literal dates: what an analyst types.
+They are plain SQL on the views, with literal dates: what an analyst types. Totals over days
+come from ``daily_compliance`` (kept per hour by the database, so a week is a few thousand
+rows); ``image_predictions`` and ``face_predictions`` serve questions about single frames and
+faces, read through covering indexes on the window's scorings (migration 0006).
 """
 
 from __future__ import annotations
@@ -23,15 +26,24 @@ GROUP BY camera_id HAVING SUM(faces) > 0
 ORDER BY compliance_rate, camera_id
 LIMIT 10;""",
     "Violations over a week, by camera and kind": """\
-SELECT camera_id, label, COUNT(*) AS faces
+SELECT camera_id, SUM(without_mask) AS without_mask, SUM(partial_mask) AS partial_mask
+FROM daily_compliance
+WHERE day >= '2026-11-18' AND day < '2026-11-25'
+GROUP BY camera_id HAVING SUM(without_mask) + SUM(partial_mask) > 0
+ORDER BY SUM(without_mask) + SUM(partial_mask) DESC, camera_id;""",
+    "One camera's least confident violations over a week, to look at first": """\
+SELECT image_path, captured_at, face_index, label, confidence
 FROM face_predictions
-WHERE captured_at >= '2026-11-18' AND captured_at < '2026-11-25' AND label <> 'with_mask'
-GROUP BY camera_id, label ORDER BY faces DESC, camera_id, label;""",
-    "Share of fully compliant frames per camera over a week (frames without faces are NULL, so excluded)": """\
-SELECT camera_id, COUNT(*) AS frames, COUNT(compliant) AS frames_with_faces,
-       SUM(compliant) AS compliant_frames, AVG(compliant) AS compliant_share
-FROM image_predictions
-WHERE captured_at >= '2026-11-18' AND captured_at < '2026-11-25'
+WHERE camera_id = 'cam-07' AND captured_at >= '2026-11-18' AND captured_at < '2026-11-25'
+  AND label <> 'with_mask'
+ORDER BY confidence, image_path, face_index
+LIMIT 20;""",
+    "Share of fully compliant frames per camera over a week (of the frames with faces)": """\
+SELECT camera_id, SUM(images) AS frames, SUM(images - no_face - unreadable) AS frames_with_faces,
+       SUM(compliant_frames) AS compliant_frames,
+       CAST(SUM(compliant_frames) AS DOUBLE PRECISION) / NULLIF(SUM(images - no_face - unreadable), 0) AS compliant_share
+FROM daily_compliance
+WHERE day >= '2026-11-18' AND day < '2026-11-25'
 GROUP BY camera_id ORDER BY camera_id;""",
     "Why frames could not be read over a week": """\
 SELECT reason, COUNT(*) AS frames FROM image_predictions

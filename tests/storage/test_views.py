@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from maskjob.storage import database, schema, writes
+from maskjob.storage.analyst_queries import QUERIES
 
 D = datetime  # short for the fixture table below
 
@@ -187,3 +188,19 @@ def test_typed_view_tables_match_the_database_views(migrated_db_url):
             assert [c["name"] for c in inspector.get_columns(table.name)] == list(table.c.keys()), table.name
     finally:
         engine.dispose()
+
+
+def test_the_readme_queries_as_printed_answer_right(scored_url):
+    """Each query of the README (analyst_queries.QUERIES) as printed, over its week (11-18 .. 11-24);
+    the drill-down names the fixture's camera instead of the README's cam-07."""
+    got = {title: [tuple(r) for r in _query(scored_url, sql.replace("'cam-07'", "'cam1'"))]
+           for title, sql in QUERIES.items()}
+    worst, violations, drill, share, unreadable, promotions = got.values()
+    assert [r[:3] for r in worst] == [("cam1", 5, 3)] and worst[0][3] == pytest.approx(3 / 5)
+    assert violations == [("cam1", 1, 1)]
+    assert [(path, index, label) for path, _, index, label, _ in drill] == [
+        ("cam1/20261124T090000.jpg", 1, "partial_mask"), ("cam1/20261124T100000.jpg", 0, "without_mask")]
+    assert [r[:4] for r in share] == [("cam1", 4, 3, 1), ("cam2", 1, 0, 0)]
+    assert share[0][4] == pytest.approx(1 / 3) and share[1][4] is None
+    assert unreadable == [("truncated JPEG", 1)]
+    assert promotions == []

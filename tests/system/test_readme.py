@@ -21,6 +21,6 @@ def test_every_example_query_appears_verbatim_under_its_title():
 
 def test_week_queries_cover_the_same_week():
     bounded = [sql for title, sql in QUERIES.items() if "over a week" in title]
-    assert len(bounded) == 4
+    assert len(bounded) == 5
     for sql in bounded:
         assert "'2026-11-18'" in sql and "'2026-11-25'" in sql
