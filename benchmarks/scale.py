@@ -86,8 +86,6 @@ def _load_postgresql(url: str, shape: Shape) -> dict[str, Any]:
             conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('images', 'id'), (SELECT MAX(id) FROM images))")
         began = time.perf_counter()
         with engine.begin() as conn:
-            with derived.triggers_disabled(conn):
-                derived.fill_confidence_extremes(conn)
             timings["latest_rows"], timings["hourly_rows"] = derived.rebuild(conn)
         timings["rebuild_s"] = _seconds(began)
         began = time.perf_counter()
@@ -110,7 +108,6 @@ def _load_sqlite(url: str, shape: Shape) -> dict[str, Any]:
         began = time.perf_counter()
         with engine.begin() as conn, derived.triggers_disabled(conn):
             counts = generate(conn, shape)
-            derived.fill_confidence_extremes(conn)
         timings["generate_s"] = _seconds(began)
         began = time.perf_counter()
         with engine.begin() as conn:

@@ -198,6 +198,19 @@ def _label_counts(f: str, key: str, share: str) -> str:
         for code in LABEL_CODES)
 
 
+def _face_confidence(f: str, key: str) -> str:
+    """The confidence of the face whose hash key is ``key``: one expression for faces and images, same float."""
+    return f"1 - 0.6 * {f}u({key}, 10 + :model) * {f}u({key}, 10 + :model)"
+
+
+def _confidence_extremes(f: str, share: str) -> str:
+    """top_violation_confidence, min_confidence of a frame (migration 0006), from the same hashes as its faces."""
+    conf = _face_confidence(f, "key * 4 + s.i")
+    return (f"(SELECT MAX(CASE WHEN {f}label_code(key * 4 + s.i, {share}) <> 0 THEN {conf} END) "
+            f"FROM bench_seq AS s WHERE s.i < n_faces), "
+            f"(SELECT MIN({conf}) FROM bench_seq AS s WHERE s.i < n_faces)")
+
+
 def _reason(f: str) -> str:
     cases = " ".join(f"WHEN {f}u(key, 3) < {edge} THEN '{text}'" for edge, text in REASONS)
     return f"CASE WHEN status = 'unreadable' THEN CASE {cases} END END"
@@ -224,7 +237,8 @@ FROM (
 
 
 IMAGE_COLUMNS = ("id, path, path_key, content_sha256, camera_id, captured_at, width, height, status, reason, "
-                 "n_faces, n_with_mask, n_without_mask, n_partial_mask, model_version_id, scoring_run_id, "
+                 "n_faces, n_with_mask, n_without_mask, n_partial_mask, top_violation_confidence, min_confidence, "
+                 "model_version_id, scoring_run_id, "
                  "scored_at, timezone, utc_offset_s, local_day")
 
 
@@ -234,7 +248,7 @@ def _images_sql(f: str, share: str, run: str, scored_at: str) -> str:
 INSERT INTO images ({IMAGE_COLUMNS})
 SELECT key + :shift, path, {f}sha_hex(path), {f}sha_hex('frame ' || path), camera_id, {f}utc(t),
        CASE WHEN status = 'unreadable' THEN NULL ELSE 640 END, CASE WHEN status = 'unreadable' THEN NULL ELSE 480 END,
-       status, {_reason(f)}, n_faces, {_label_counts(f, 'key', share)},
+       status, {_reason(f)}, n_faces, {_label_counts(f, 'key', share)}, {_confidence_extremes(f, share)},
        :model, {run}, {f}utc({scored_at}), :zone, offset_s, {f}day(local_day)
 FROM ({_frames_sql(f)}) AS frames
 ORDER BY key"""
@@ -251,7 +265,7 @@ SELECT image_id, k, x1, y1, x1 + size, y1 + size * 5 / 4, 0.9 + 0.0999 * {f}u(ke
        {probability(0)}, {probability(1)}, {probability(2)}, conf, :model
 FROM (
   SELECT image_id, k, key, {f}label_code(key, share) AS code,
-         1 - 0.6 * {f}u(key, 10 + :model) * {f}u(key, 10 + :model) AS conf,
+         {_face_confidence(f, 'key')} AS conf,
          40 + 180 * k + CAST({f}u(key, 6) * 60 AS INTEGER) AS x1, 100 + CAST({f}u(key, 7) * 120 AS INTEGER) AS y1,
          60 + CAST({f}u(key, 8) * 80 AS INTEGER) AS size
   FROM (SELECT fr.key + :shift AS image_id, s.i AS k, fr.key * 4 + s.i AS key, fr.{share} AS share

@@ -72,9 +72,13 @@ def _m0005() -> ModuleType:
     return module
 
 
-def _recreate_indexes(position: int) -> None:
-    for name, *definitions in INDEXES:
+def _drop_indexes() -> None:
+    for name, *_ in INDEXES:
         op.drop_index(name, table_name="latest_scorings")
+
+
+def _create_indexes(position: int) -> None:
+    for name, *definitions in INDEXES:
         op.create_index(name, "latest_scorings", list(definitions[position]))
 
 
@@ -85,9 +89,10 @@ def upgrade() -> None:
     for table in ("images", "latest_scorings"):
         for column in CONFIDENCE_COLUMNS:
             op.add_column(table, sa.Column(column, sa.Float, nullable=True))
+    _drop_indexes()  # rebuilt after the fill rather than updated row by row during it
     op.execute(FILL_IMAGES)
     op.execute(FILL_LATEST)
-    _recreate_indexes(1)
+    _create_indexes(1)
     m0005._create_triggers((*m0005.LATEST_COLUMNS, *CONFIDENCE_COLUMNS),
                            (*m0005.DERIVED_FROM, *CONFIDENCE_COLUMNS))
 
@@ -95,7 +100,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     m0005 = _m0005()
     m0005._drop_triggers()
-    _recreate_indexes(0)
+    _drop_indexes()
+    _create_indexes(0)
     # ALTER TABLE .. DROP COLUMN on both (SQLite >= 3.35): no rebuild.
     for table in ("latest_scorings", "images"):
         for column in reversed(CONFIDENCE_COLUMNS):
