@@ -204,11 +204,13 @@ def _face_confidence(f: str, key: str) -> str:
 
 
 def _confidence_extremes(f: str, share: str) -> str:
-    """top_violation_confidence, min_confidence of a frame (migration 0006), from the same hashes as its faces."""
+    """top_violation_confidence, min_confidence, max_confidence of a frame (migration 0006), from the same
+    hashes as its faces."""
     conf = _face_confidence(f, "key * 4 + s.i")
     return (f"(SELECT MAX(CASE WHEN {f}label_code(key * 4 + s.i, {share}) <> 0 THEN {conf} END) "
             f"FROM bench_seq AS s WHERE s.i < n_faces), "
-            f"(SELECT MIN({conf}) FROM bench_seq AS s WHERE s.i < n_faces)")
+            f"(SELECT MIN({conf}) FROM bench_seq AS s WHERE s.i < n_faces), "
+            f"(SELECT MAX({conf}) FROM bench_seq AS s WHERE s.i < n_faces)")
 
 
 def _reason(f: str) -> str:
@@ -238,6 +240,7 @@ FROM (
 
 IMAGE_COLUMNS = ("id, path, path_key, content_sha256, camera_id, captured_at, width, height, status, reason, "
                  "n_faces, n_with_mask, n_without_mask, n_partial_mask, top_violation_confidence, min_confidence, "
+                 "max_confidence, "
                  "model_version_id, scoring_run_id, "
                  "scored_at, timezone, utc_offset_s, local_day")
 

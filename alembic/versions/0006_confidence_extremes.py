@@ -1,13 +1,15 @@
 """Each frame's confidence extremes, for a report whose gallery and review queue cost the window.
 
 - ``images`` and ``latest_scorings`` gain ``top_violation_confidence`` (the highest confidence
-  among the frame's faces labelled ``without_mask`` or ``partial_mask``; NULL when it has none)
-  and ``min_confidence`` (the lowest confidence among its faces; NULL when it has none). The
-  writer fills the images' pair from the faces it writes (as it fills ``n_with_mask``); rows
-  written before this revision are computed from ``faces`` here.
+  among the frame's faces labelled ``without_mask`` or ``partial_mask``; NULL when it has none),
+  ``min_confidence`` and ``max_confidence`` (the lowest and highest confidence among its faces;
+  NULL when it has none). The writer fills them from the faces it writes (as it fills
+  ``n_with_mask``); rows written before this revision are computed from ``faces`` here.
 - The report's gallery (a camera's most confident violations) and review queue (the least
   confident faces) then rank frames on these columns and read ``faces`` only for the few
-  frames kept: the ``cap`` best faces lie within the ``cap`` best frames.
+  frames kept: the ``cap`` best faces lie within the ``cap`` best frames. The review queue's
+  count of faces below a threshold needs ``faces`` only for frames of 3 or more faces whose
+  extremes straddle it (below ``min``: none; above ``max``: all; 1 or 2 faces: one).
 - ``ix_latest_scorings_captured_at`` and ``ix_latest_scorings_camera_id_captured_at`` become
   covering: the columns the report's ranking and the analysts' week queries read follow the
   key, so both read the window's index entries only (an index-only scan on PostgreSQL, a
@@ -40,23 +42,25 @@ down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-CONFIDENCE_COLUMNS = ("top_violation_confidence", "min_confidence")
+CONFIDENCE_COLUMNS = ("top_violation_confidence", "min_confidence", "max_confidence")
 COUNT_COLUMNS = ("n_faces", "n_with_mask", "n_without_mask", "n_partial_mask")
 
 # (name, columns at 0005, columns from 0006): the key first, then what readers take from the entry.
 INDEXES = (
     ("ix_latest_scorings_captured_at", ("captured_at",),
-     ("captured_at", "camera_id", "status", *COUNT_COLUMNS, "min_confidence", "image_id")),
+     ("captured_at", "camera_id", "status", *COUNT_COLUMNS, "min_confidence", "max_confidence", "image_id")),
     ("ix_latest_scorings_camera_id_captured_at", ("camera_id", "captured_at"),
      ("camera_id", "captured_at", "status", *COUNT_COLUMNS, "top_violation_confidence", "min_confidence",
-      "image_id")),
+      "max_confidence", "image_id")),
 )
 
 FILL_IMAGES = (
-    "UPDATE images SET top_violation_confidence = fc.top_violation, min_confidence = fc.lowest "
+    "UPDATE images SET top_violation_confidence = fc.top_violation, min_confidence = fc.lowest, "
+    "max_confidence = fc.highest "
     "FROM (SELECT image_id, "
     "MAX(CASE WHEN label IN ('without_mask', 'partial_mask') THEN confidence END) AS top_violation, "
-    "MIN(confidence) AS lowest FROM faces GROUP BY image_id) AS fc WHERE images.id = fc.image_id")
+    "MIN(confidence) AS lowest, MAX(confidence) AS highest FROM faces GROUP BY image_id) AS fc "
+    "WHERE images.id = fc.image_id")
 FILL_LATEST = ("UPDATE latest_scorings SET "
                + ", ".join(f"{c} = i.{c}" for c in CONFIDENCE_COLUMNS) +
                " FROM images AS i WHERE i.id = latest_scorings.image_id AND i.min_confidence IS NOT NULL")

@@ -260,14 +260,20 @@ def _review(conn: Connection, start: datetime, end: datetime, camera: str | None
             cap: int) -> tuple[pd.DataFrame, int]:
     """The ``cap`` least confident faces below ``threshold``, and how many faces are below it.
 
-    The count reads ``faces`` only for frames whose ``min_confidence`` is below the threshold.
+    The count comes from each frame's confidence extremes (migration 0006) where they decide
+    it: every face when ``max_confidence`` is below the threshold, exactly one in a frame of 1
+    or 2 faces whose ``min_confidence`` alone is; ``faces`` is read only for frames of 3 or more
+    faces whose extremes straddle the threshold.
     """
     frame_where = [*_latest_where(start, end, camera), _latest.c.min_confidence < threshold]
     below = _faces_t.c.confidence < threshold
-    count = (sa.select(sa.func.count())
-             .select_from(_latest.join(_faces_t, _faces_t.c.image_id == _latest.c.image_id))
-             .where(*frame_where, below))
-    total = int(conn.execute(count).scalar_one())
+    decided = sa.func.sum(sa.case((_latest.c.max_confidence < threshold, _latest.c.n_faces),
+                                  (_latest.c.n_faces <= 2, 1), else_=0))
+    straddling = (sa.select(sa.func.count())
+                  .select_from(_latest.join(_faces_t, _faces_t.c.image_id == _latest.c.image_id))
+                  .where(*frame_where, _latest.c.max_confidence >= threshold, _latest.c.n_faces > 2, below))
+    total = int(conn.execute(sa.select(sa.func.coalesce(decided, 0)).where(*frame_where)).scalar_one()
+                + conn.execute(straddling).scalar_one())
     if cap <= 0 or total == 0:
         return pd.DataFrame(columns=list(_FACE_COLUMNS)), total
     return _ranked_faces(conn, frame_where, below, False, cap), total

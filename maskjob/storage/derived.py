@@ -11,8 +11,8 @@ transaction: inserts, deletes and updates of ``images``. Two helpers serve bulk 
 (benchmarks, imports), which are faster without per-statement trigger work:
 
 - :func:`triggers_disabled`: a block in which those triggers do not fire;
-- :func:`fill_confidence_extremes`: the images' ``top_violation_confidence`` and
-  ``min_confidence`` (migration 0006) from their faces, for rows written without them;
+- :func:`fill_confidence_extremes`: the images' confidence extremes (migration 0006) from
+  their faces, for rows written without them;
 - :func:`rebuild`: recompute both tables from ``images`` with set-based SQL.
 
 Example:
@@ -37,7 +37,7 @@ TRIGGER_PREFIX = "maskjob_derived_"
 
 _LATEST_COLUMNS = ("path_key", "image_id", "model_version_id", "camera_id", "captured_at", "scored_at", "timezone",
                    "local_day", "hour_utc", "status", "n_faces", "n_with_mask", "n_without_mask", "n_partial_mask",
-                   "top_violation_confidence", "min_confidence")
+                   "top_violation_confidence", "min_confidence", "max_confidence")
 _HOURLY_KEY = "hour_utc, camera_id, local_day, timezone, model_version_id"
 
 # captured_at floored to the UTC hour, in the column's format on each database.
@@ -70,17 +70,18 @@ GROUP BY {_HOURLY_KEY}
 
 
 _FILL_EXTREMES = """
-UPDATE images SET top_violation_confidence = fc.top_violation, min_confidence = fc.lowest
+UPDATE images SET top_violation_confidence = fc.top_violation, min_confidence = fc.lowest,
+                  max_confidence = fc.highest
 FROM (SELECT image_id,
              MAX(CASE WHEN label IN ('without_mask', 'partial_mask') THEN confidence END) AS top_violation,
-             MIN(confidence) AS lowest
+             MIN(confidence) AS lowest, MAX(confidence) AS highest
       FROM faces GROUP BY image_id) AS fc
 WHERE images.id = fc.image_id
 """
 
 
 def fill_confidence_extremes(conn: Connection) -> int:
-    """Set every image's ``top_violation_confidence`` and ``min_confidence`` from its faces
+    """Set every image's ``top_violation_confidence``, ``min_confidence`` and ``max_confidence`` from its faces
     (set-based, in the caller's transaction); images without faces keep NULL. For bulk loads
     that wrote faces without the writer; run it inside :func:`triggers_disabled`, before
     :func:`rebuild`. Returns the images updated."""

@@ -224,9 +224,10 @@ class Image(Base):
     n_partial_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     # The faces' confidence extremes (migration 0006), written with them; NULL without faces
     # (top_violation_confidence: without a without_mask or partial_mask face). The report
-    # ranks frames on them (latest_scorings copies both).
+    # ranks and counts frames on them (latest_scorings copies them).
     top_violation_confidence: Mapped[float | None] = mapped_column(sa.Float)
     min_confidence: Mapped[float | None] = mapped_column(sa.Float)
+    max_confidence: Mapped[float | None] = mapped_column(sa.Float)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id", ondelete="SET NULL"))
     scored_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -303,10 +304,10 @@ class LatestScoring(Base):
     __table_args__ = (
         # Covering (migration 0006): the week queries and the report read the entries only.
         Index("ix_latest_scorings_captured_at", "captured_at", "camera_id", "status", "n_faces", "n_with_mask",
-              "n_without_mask", "n_partial_mask", "min_confidence", "image_id"),
+              "n_without_mask", "n_partial_mask", "min_confidence", "max_confidence", "image_id"),
         Index("ix_latest_scorings_camera_id_captured_at", "camera_id", "captured_at", "status", "n_faces",
               "n_with_mask", "n_without_mask", "n_partial_mask", "top_violation_confidence", "min_confidence",
-              "image_id"),
+              "max_confidence", "image_id"),
         Index("ix_latest_scorings_local_day_camera_id", "local_day", "camera_id"),
         Index("ix_latest_scorings_status_captured_at", "status", "captured_at"),
     )
@@ -327,6 +328,7 @@ class LatestScoring(Base):
     n_partial_mask: Mapped[int]
     top_violation_confidence: Mapped[float | None] = mapped_column(sa.Float)
     min_confidence: Mapped[float | None] = mapped_column(sa.Float)
+    max_confidence: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class HourlyCount(Base):
@@ -406,12 +408,13 @@ daily_compliance = sa.Table(
 
 def face_summary(faces: Sequence[tuple[str, float]]) -> dict[str, Any]:
     """The images columns summarising a frame's faces, given as ``(label, confidence)`` pairs:
-    ``n_faces``, ``n_<label>`` per class, ``top_violation_confidence`` and ``min_confidence``."""
+    ``n_faces``, ``n_<label>`` per class, ``top_violation_confidence``, ``min_confidence`` and ``max_confidence``."""
     labels = [label for label, _ in faces]
     violations = [confidence for label, confidence in faces if label in VIOLATIONS]
     return {"n_faces": len(faces), **{f"n_{label}": labels.count(label) for label in maskjob.CLASSES},
             "top_violation_confidence": max(violations, default=None),
-            "min_confidence": min((confidence for _, confidence in faces), default=None)}
+            "min_confidence": min((confidence for _, confidence in faces), default=None),
+            "max_confidence": max((confidence for _, confidence in faces), default=None)}
 
 
 @sa.event.listens_for(Image, "before_insert")

@@ -1,5 +1,5 @@
 """Migration 0006 on SQLite and PostgreSQL: each frame's confidence extremes
-(``top_violation_confidence``, ``min_confidence``) are written with its faces, copied into
+(``top_violation_confidence``, ``min_confidence``, ``max_confidence``) are written with its faces, copied into
 ``latest_scorings`` by the triggers through rescorings and deletes, filled in place for rows
 an older revision wrote, and dropped again by the downgrade."""
 
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from maskjob.storage import database, derived, schema
 from tests.storage.test_derived import _row, _versions, _write, assert_derived_state
 
-EXTREMES = ("top_violation_confidence", "min_confidence")
+EXTREMES = ("top_violation_confidence", "min_confidence", "max_confidence")
 T = datetime(2026, 11, 25, 1, tzinfo=UTC)
 
 
@@ -35,15 +35,15 @@ def _scored(path: str, version: int, scored_at: datetime, faces: Sequence[tuple[
     return row
 
 
-def _extremes(conn: sa.Connection, table: str) -> dict[str, tuple[float | None, float | None]]:
+def _extremes(conn: sa.Connection, table: str) -> dict[str, tuple[float | None, ...]]:
     """Per path, the extremes of its latest scoring as ``table`` (images or latest_scorings) holds them."""
     alias = "i" if table == "images" else "ls"
-    return {path: (top, low) for path, top, low in conn.exec_driver_sql(
-        f"SELECT i.path, {alias}.top_violation_confidence, {alias}.min_confidence "
+    return {path: tuple(values) for path, *values in conn.exec_driver_sql(
+        f"SELECT i.path, {alias}.top_violation_confidence, {alias}.min_confidence, {alias}.max_confidence "
         "FROM latest_scorings AS ls JOIN images AS i ON i.id = ls.image_id")}
 
 
-def _approx(values: dict[str, tuple[float | None, float | None]]) -> dict[str, tuple[Any, Any]]:
+def _approx(values: dict[str, tuple[float | None, ...]]) -> dict[str, tuple[Any, ...]]:
     return {k: tuple(None if v is None else pytest.approx(v) for v in pair) for k, pair in values.items()}
 
 
@@ -54,14 +54,14 @@ def test_writer_fills_the_extremes_and_latest_scorings_copies_them(engine):
         _scored("cam1/b.jpg", v["m1"], T, [("with_mask", 0.55), ("with_mask", 0.95)]),  # no violation
         _scored("cam1/c.jpg", v["m1"], T, []),  # no face
     ])
-    expected = {"cam1/a.jpg": (0.8, 0.7), "cam1/b.jpg": (None, 0.55), "cam1/c.jpg": (None, None)}
+    expected = {"cam1/a.jpg": (0.8, 0.7, 0.9), "cam1/b.jpg": (None, 0.55, 0.95), "cam1/c.jpg": (None, None, None)}
     with engine.connect() as conn:
         assert _extremes(conn, "images") == _approx(expected)
         assert _extremes(conn, "latest_scorings") == _approx(expected)
     # A newer scoring of a.jpg replaces its row; deleting it brings the older values back.
     _write(engine, [_scored("cam1/a.jpg", v["m2"], T + timedelta(hours=1), [("with_mask", 0.99)])])
     with engine.connect() as conn:
-        assert _extremes(conn, "latest_scorings")["cam1/a.jpg"] == (None, pytest.approx(0.99))
+        assert _extremes(conn, "latest_scorings")["cam1/a.jpg"] == (None, pytest.approx(0.99), pytest.approx(0.99))
     with engine.begin() as conn:
         newer = conn.execute(sa.select(schema.Image.id).where(schema.Image.model_version_id == v["m2"])).scalar_one()
         conn.execute(sa.delete(schema.Face).where(schema.Face.image_id == newer))
@@ -77,7 +77,7 @@ def test_an_update_of_the_extremes_reaches_latest_scorings(engine):
     with engine.begin() as conn:
         conn.execute(sa.update(schema.Image).where(schema.Image.id == row["id"]).values(min_confidence=0.1))
     with engine.connect() as conn:
-        assert _extremes(conn, "latest_scorings")["cam1/a.jpg"] == (pytest.approx(0.6), pytest.approx(0.1))
+        assert _extremes(conn, "latest_scorings")["cam1/a.jpg"] == _approx({"x": (0.6, 0.1, 0.6)})["x"]
 
 
 def test_orm_images_with_faces_get_the_extremes(engine):
@@ -89,18 +89,18 @@ def test_orm_images_with_faces_get_the_extremes(engine):
                              **{k: val for k, val in row.items() if k != "timezone"}, timezone="UTC", faces=faces)
         session.add(image)
     with engine.connect() as conn:
-        assert _extremes(conn, "images")["cam1/orm.jpg"] == (pytest.approx(0.65), pytest.approx(0.6))
+        assert _extremes(conn, "images")["cam1/orm.jpg"] == _approx({"x": (0.65, 0.6, 0.65)})["x"]
 
 
 def test_rebuild_after_a_bulk_load_fills_the_extremes(engine):
     v = _versions(engine, ("m1",))
     _write(engine, [_scored("cam1/a.jpg", v["m1"], T, [("without_mask", 0.9), ("with_mask", 0.5)])])
     with engine.begin() as conn, derived.triggers_disabled(conn):
-        conn.execute(sa.update(schema.Image).values(top_violation_confidence=None, min_confidence=None))
+        conn.execute(sa.update(schema.Image).values(dict.fromkeys(EXTREMES)))
         assert derived.fill_confidence_extremes(conn) == 1
         derived.rebuild(conn)
     with engine.connect() as conn:
-        assert _extremes(conn, "latest_scorings") == {"cam1/a.jpg": (pytest.approx(0.9), pytest.approx(0.5))}
+        assert _extremes(conn, "latest_scorings") == _approx({"cam1/a.jpg": (0.9, 0.5, 0.9)})
 
 
 # 0005's images and faces, written as that revision's writer wrote them (no extremes).
@@ -154,12 +154,12 @@ def test_upgrade_from_0005_fills_the_extremes_in_place_and_downgrade_drops_them(
             assert after == before
             assert conn.exec_driver_sql("SELECT COUNT(*) FROM images").scalar() == 4
             assert conn.exec_driver_sql("SELECT COUNT(*) FROM faces").scalar() == 5
-            by_id = dict(((i, (t, m)) for i, t, m in conn.exec_driver_sql(
-                "SELECT id, top_violation_confidence, min_confidence FROM images")))
+            by_id = {i: tuple(values) for i, *values in conn.exec_driver_sql(
+                "SELECT id, top_violation_confidence, min_confidence, max_confidence FROM images")}
             assert _extremes(conn, "latest_scorings") == _approx(
-                {"cam1/a.jpg": (0.81, 0.4), "cam1/b.jpg": (None, 0.93), "cam2/c.jpg": (None, None)})
+                {"cam1/a.jpg": (0.81, 0.4, 0.81), "cam1/b.jpg": (None, 0.93, 0.97), "cam2/c.jpg": (None, None, None)})
         # The superseded scoring of b.jpg got its own extremes too.
-        assert by_id[2] == (pytest.approx(0.7), pytest.approx(0.7))
+        assert by_id[2] == _approx({"x": (0.7, 0.7, 0.7)})["x"]
         assert_derived_state(engine)
         engine.dispose()
         assert database.downgrade(db_url, "0005") == "0005"
@@ -174,6 +174,6 @@ def test_upgrade_from_0005_fills_the_extremes_in_place_and_downgrade_drops_them(
         assert database.upgrade(db_url) == database.head_revision()
         engine = database.open_database(db_url)
         with engine.connect() as conn:
-            assert _extremes(conn, "latest_scorings")["cam1/a.jpg"] == (pytest.approx(0.81), pytest.approx(0.4))
+            assert _extremes(conn, "latest_scorings")["cam1/a.jpg"] == _approx({"x": (0.81, 0.4, 0.81)})["x"]
     finally:
         engine.dispose()

@@ -115,15 +115,16 @@ def assert_derived_state(engine: sa.Engine) -> None:
         assert all(tuple(r[1:5]) == tuple(int(v or 0) for v in r[5:]) for r in counted)
         # Confidence extremes (0006): the images' from their faces, latest_scorings' from its image.
         extremes = conn.execute(sa.text(
-            "SELECT i.top_violation_confidence, i.min_confidence, "
-            "MAX(CASE WHEN f.label IN ('without_mask', 'partial_mask') THEN f.confidence END), MIN(f.confidence) "
-            "FROM images AS i LEFT JOIN faces AS f ON f.image_id = i.id "
-            "GROUP BY i.id, i.top_violation_confidence, i.min_confidence")).all()
-        assert all(tuple(r[:2]) == tuple(r[2:]) for r in extremes)
+            "SELECT i.top_violation_confidence, i.min_confidence, i.max_confidence, "
+            "MAX(CASE WHEN f.label IN ('without_mask', 'partial_mask') THEN f.confidence END), MIN(f.confidence), "
+            "MAX(f.confidence) FROM images AS i LEFT JOIN faces AS f ON f.image_id = i.id "
+            "GROUP BY i.id, i.top_violation_confidence, i.min_confidence, i.max_confidence")).all()
+        assert all(tuple(r[:3]) == tuple(r[3:]) for r in extremes)
         copied = conn.execute(sa.text(
-            "SELECT ls.top_violation_confidence, ls.min_confidence, i.top_violation_confidence, i.min_confidence "
+            "SELECT ls.top_violation_confidence, ls.min_confidence, ls.max_confidence, "
+            "i.top_violation_confidence, i.min_confidence, i.max_confidence "
             "FROM latest_scorings AS ls JOIN images AS i ON i.id = ls.image_id")).all()
-        assert all(tuple(r[:2]) == tuple(r[2:]) for r in copied)
+        assert all(tuple(r[:3]) == tuple(r[3:]) for r in copied)
         assert_views_match_0004(conn)
 
 
