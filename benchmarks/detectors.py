@@ -28,8 +28,10 @@ Usage:
     flock /tmp/prompts/bench.lock .venv/bin/python benchmarks/detectors.py
     .venv/bin/python benchmarks/detectors.py --inbox data/inbox --detectors mtcnn,centerface@0.3
 
-A detector is ``name`` or ``name@threshold`` (MTCNN, res10, Ultra-Light: probability;
-CenterFace: heat-map score; YuNet: 0-100).
+A detector is ``name``, ``name@threshold`` (MTCNN, res10, Ultra-Light: probability;
+CenterFace: heat-map score; YuNet: 0-100) or ``name@threshold:scale``: each frame is resized
+by ``scale`` (area interpolation, timed with the detector) and the boxes mapped back, e.g.
+``yunet@40:0.5`` looks for faces of twice the size in a quarter of the pixels.
 """
 
 from __future__ import annotations
@@ -107,14 +109,29 @@ def yunet(threshold: float) -> Detect:
     return lambda images: [detect(rgb) for rgb in images]
 
 
+def rescaled(detect: Detect, scale: float) -> Detect:
+    """``detect`` on frames resized by ``scale``, its boxes in the original frame's pixels."""
+    import cv2
+
+    def run(images: Sequence[np.ndarray]) -> list[list[tuple]]:
+        small = [cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
+                            interpolation=cv2.INTER_AREA) for rgb in images]
+        return [[(*(v / scale for v in det[:4]), det[4]) for det in dets] for dets in detect(small)]
+
+    return run
+
+
 def make_detector(spec: str, settings: Settings) -> Detect:
     name, _, raw = spec.partition("@")
+    raw, _, raw_scale = raw.partition(":")
     threshold = float(raw) if raw else None
     if name == "centerface":
-        return centerface(0.5 if threshold is None else threshold)
-    if name == "yunet":
-        return yunet(50 if threshold is None else threshold)
-    return maskjob_detector(name, settings, threshold)
+        detect = centerface(0.5 if threshold is None else threshold)
+    elif name == "yunet":
+        detect = yunet(50 if threshold is None else threshold)
+    else:
+        detect = maskjob_detector(name, settings, threshold)
+    return rescaled(detect, float(raw_scale)) if raw_scale else detect
 
 
 @dataclass(frozen=True)
@@ -223,26 +240,17 @@ def measure(spec: str, settings: Settings, images: list[np.ndarray]) -> tuple[li
     return found, (time.process_time() - cpu) / len(images)
 
 
-def main() -> None:
-
-    args = parse_args()
+def detector_table(specs: Sequence[str], settings: Settings, frames: list, images: list[np.ndarray],
+                   truth: dict) -> None:
+    """Print one markdown row per detector spec (see the module doc), each on one thread."""
     one_thread()
-    command = shlex.join(["python", "benchmarks/detectors.py", *sys.argv[1:]])
-    work = Path(tempfile.mkdtemp(prefix="maskjob-detectors-"))
-    settings = make_settings(args, work)
-    inbox, frames, images = demo_frames(args, settings, work)
-    truth = read_truth(inbox)
     truths = [truth.get(f.rel_path, []) for f in frames]
-    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"`{command}`\n\n{len(frames)} frames, {sum(map(len, truths))} faces, one thread per detector, "
-          f"{os.cpu_count()} CPUs, load average {load} (1/5/15 min) at the start, MTCNN min_face_px "
-          f"{settings.min_face_px}\n")
     head = ("| detector | raw recall IoU≥0.4 | recall IoU≥0.4 (box map) | " + " | ".join(CLASSES)
             + " | precision | recall IoU≥0.3 or centre | " + " | ".join(CLASSES)
             + " | precision | box map (shift x, y; scale w, h) | CPU ms/frame | frames per CPU-s | load |")
     print(head)
     print("|---" * head.count(" | ") + "|---|")
-    for spec in args.detectors.split(","):
+    for spec in specs:
         try:
             found, cpu_s = measure(spec, settings, images)
         except ImportError as exc:
@@ -255,6 +263,20 @@ def main() -> None:
               + " | ".join(f"{q['loose_' + c]:.3f}" for c in CLASSES)
               + f" | {q['loose_precision']:.3f} | {q['map']} | {1000 * cpu_s:.1f} | {1 / cpu_s:.1f} "
               f"| {os.getloadavg()[0]:.2f} |", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    command = shlex.join(["python", "benchmarks/detectors.py", *sys.argv[1:]])
+    work = Path(tempfile.mkdtemp(prefix="maskjob-detectors-"))
+    settings = make_settings(args, work)
+    inbox, frames, images = demo_frames(args, settings, work)
+    truth = read_truth(inbox)
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"`{command}`\n\n{len(frames)} frames, {sum(len(truth.get(f.rel_path, [])) for f in frames)} faces, "
+          f"one thread per detector, {os.cpu_count()} CPUs, load average {load} (1/5/15 min) at the start, "
+          f"MTCNN min_face_px {settings.min_face_px}\n")
+    detector_table(args.detectors.split(","), settings, frames, images, truth)
     print(f"\nLoad average at the end {' / '.join(f'{v:.2f}' for v in os.getloadavg())}.")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -13,16 +13,16 @@ Measures, in one run and on the same frames:
 - the stages after detection alone (crop, classify, write), batched as ``score`` does and
   naive, on detections computed beforehand: what batching gains where it applies;
 - database write throughput (rows/s) of the scorer's batched inserts on SQLite and PostgreSQL;
-- per-camera face-size ranges (:mod:`maskjob.scoring.face_sizes`) against today's configuration
-  (full pyramid from ``min_face_px`` 20 in every frame), end to end, in the same run. Protocol:
-  the frames captured before the inbox's median capture time are scored first, with the full
-  search, into a template database: that is each camera's history (its faces of the last 7
-  days). Then the later half, which no history saw, is scored ``--repeats`` times, alternating,
-  into copies of the template: once as today (``face_size_recheck_frames`` 1: every frame
-  searches fully) and once with the settings' ranges (every ``face_size_recheck_frames``-th
-  frame of a camera still searches fully). Each row gives frames per CPU-second (this process,
-  model loading and listing included) and recall per class from the stored face rows
-  (IoU >= 0.4).
+- detection options against today's configuration (MTCNN, full pyramid from ``min_face_px`` 20
+  in every frame), end to end, in the same run (:func:`detection_options`: per-camera face-size
+  ranges of :mod:`maskjob.scoring.face_sizes`, a larger ``min_face_px``, a coarser pyramid,
+  Ultra-Light). Protocol: the frames captured before the inbox's median capture time are
+  scored first, as today, into a template database: that is each camera's history (its faces
+  of the last 7 days). Then the later half, which no history saw, is scored ``--repeats``
+  times by every option, interleaved, each into a fresh copy of the template. Each row gives
+  frames per CPU-second (this process, model loading and listing included), recall per class
+  and precision from the stored face rows (IoU >= 0.4). ``--only-options --frames 240``
+  measures 120 frames after a 120-frame history.
 
 Every throughput row is measured ``--repeats`` times, interleaved, and reported as the
 median (min-max). Other processes on the machine change wall times a lot, so each row also
@@ -33,6 +33,7 @@ model and listing the inbox.
 Usage:
     python benchmarks/score_throughput.py                       # demo inbox, 120 frames
     python benchmarks/score_throughput.py --min-face-px 40      # demo faces are 40-120 px
+    python benchmarks/score_throughput.py --only-options --frames 240   # detection options end to end
     python benchmarks/score_throughput.py --inbox data/inbox --checkpoint data/models/mobilenet_v2.pt
     python benchmarks/score_throughput.py --pg-url postgresql+psycopg://user@host/db
 
@@ -85,8 +86,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--write-images", type=int, default=2000, help="image rows for the write benchmark (default 2000)")
     p.add_argument("--pg-url", help="PostgreSQL URL for the write benchmark (default: a throwaway cluster)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="maskjob data dir holding assets/ (default ./data)")
-    p.add_argument("--only-face-sizes", action="store_true",
-                   help="measure only the face-size ranges against today's configuration")
+    p.add_argument("--detector-specs", default="mtcnn,ultralight,res10,centerface@0.3,centerface@0.5,yunet@30,"
+                                                "yunet@40,yunet@50,yunet@30:0.5",
+                   help="with --only-options: the detectors measured alone afterwards, as benchmarks/detectors.py "
+                        "--detectors takes them")
+    p.add_argument("--only-options", action="store_true",
+                   help="measure only the detection options (face-size ranges, pyramid limits, detectors) "
+                        "against today's configuration, end to end")
     return p.parse_args()
 
 
@@ -391,8 +397,9 @@ def throwaway_postgres() -> Iterator[str | None]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def stored_recall(url: str, frames: list, truth: dict) -> dict[str, float]:
-    """Recall (all faces and per class, IoU >= MIN_IOU) of the face rows stored for ``frames``."""
+def stored_quality(url: str, frames: list, truth: dict) -> dict[str, float]:
+    """Recall (all faces and per class, IoU >= MIN_IOU) and precision of the face rows stored
+    for ``frames``."""
     import sqlalchemy as sa
 
     from maskjob.scoring.matching import match_boxes
@@ -407,56 +414,84 @@ def stored_recall(url: str, frames: list, truth: dict) -> dict[str, float]:
     for path, *box in rows:
         found[path].append(tuple(box))
     hits, totals = defaultdict(int), defaultdict(int)
+    n_found = n_matched = 0
     for frame in frames:
         gt = truth.get(frame.rel_path, [])
         for _, label in gt:
             totals[label] += 1
-        for ti, _ in match_boxes([b for b, _ in gt], found[frame.rel_path], MIN_IOU):
+        matches = match_boxes([b for b, _ in gt], found[frame.rel_path], MIN_IOU)
+        for ti, _ in matches:
             hits[gt[ti][1]] += 1
+        n_found += len(found[frame.rel_path])
+        n_matched += len(matches)
     out = {c: hits[c] / totals[c] if totals[c] else float("nan") for c in CLASSES}
     out["recall"] = sum(hits.values()) / max(1, sum(totals.values()))
+    out["precision"] = n_matched / n_found if n_found else float("nan")
+    out["faces"] = sum(totals.values())
     return out
 
 
-def face_size_comparison(settings: Settings, inbox: Path, frames: list, truth: dict, ckpt: Path, work: Path,
-                         repeats: int) -> None:
-    """Today's full search against per-camera face-size ranges, end to end (see the module doc)."""
+def detection_options(settings: Settings) -> dict[str, Settings]:
+    """The configurations compared end to end, by label; the first is today's."""
+    today = replace(settings, detector="mtcnn", min_face_px=20, mtcnn_scale_factor=0.709, face_size_recheck_frames=1)
+    ranged = replace(today, face_size_recheck_frames=settings.face_size_recheck_frames)
+    ranges = (f"per-camera face-size ranges (margin {settings.face_size_margin}, full search every "
+              f"{settings.face_size_recheck_frames}th frame of a camera and below {{}} faces of history)")
+    return {
+        "today: MTCNN, full pyramid (step 0.709) from min_face_px 20 in every frame": today,
+        ranges.format(settings.face_size_min_history): ranged,
+        ranges.format(20): replace(ranged, face_size_min_history=20),
+        "MTCNN from min_face_px 30 in every frame": replace(today, min_face_px=30),
+        "MTCNN from min_face_px 40 in every frame": replace(today, min_face_px=40),
+        "MTCNN pyramid step 0.6 from min_face_px 20": replace(today, mtcnn_scale_factor=0.6),
+        ranges.format(settings.face_size_min_history) + ", pyramid step 0.6": replace(ranged, mtcnn_scale_factor=0.6),
+        ranges.format(settings.face_size_min_history).replace(f"margin {settings.face_size_margin}", "margin 1.1"):
+            replace(ranged, face_size_margin=1.1),
+        "Ultra-Light RFB-640 (`ultralight`, threshold 0.6)": replace(today, detector="ultralight"),
+    }
+
+
+def options_comparison(settings: Settings, inbox: Path, frames: list, truth: dict, ckpt: Path, work: Path,
+                       repeats: int) -> None:
+    """Today's configuration against every option of :func:`detection_options`, end to end.
+
+    The frames captured before the inbox's median capture time are scored first, with today's
+    configuration, into a template database: that is each camera's history. The later half is
+    then scored ``repeats`` times by every option, interleaved, each time into a fresh copy of
+    the template.
+    """
     from maskjob.scoring.score import score
 
     ordered = sorted(f.captured_at for f in frames)
     middle = ordered[len(ordered) // 2]
     measured = [f for f in frames if f.captured_at >= middle]
-    today = replace(settings, detector="mtcnn", min_face_px=20, face_size_recheck_frames=1)
-    ranged = replace(settings, detector="mtcnn")
-    template = work / "face-sizes-history.db"
+    configs = detection_options(settings)
+    template = work / "options-history.db"
     engine, _ = champion_db(f"sqlite:///{template}", ckpt)
-    history = score(engine, today, inbox, until=middle, progress=False)
+    history = score(engine, next(iter(configs.values())), inbox, until=middle, progress=False)
     engine.dispose()
-    configs = {"today": today, "ranged": ranged}
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in configs}
     quality: dict[str, dict[str, float]] = {}
     for k in range(repeats):
-        for name, config in configs.items():
-            copy = work / f"face-sizes-{name}-{k}.db"
+        for i, (label, config) in enumerate(configs.items()):
+            copy = work / f"options-{i}-{k}.db"
             shutil.copyfile(template, copy)
             url = f"sqlite:///{copy}"
-            runs[name].append(timed(lambda: end_to_end_since(config, inbox, url, middle)))
-            quality[name] = stored_recall(url, measured, truth)
-    print(f"\n| `maskjob score` end to end on the {len(measured)} frames from {middle:%H:%M} UTC on (history: the "
-          f"{history.n_frames} earlier frames, {history.n_faces} faces), median (min-max) of {repeats} "
+            runs[label].append(timed(lambda: end_to_end_since(config, inbox, url, middle)))
+            quality[label] = stored_quality(url, measured, truth)
+    faces = next(iter(quality.values()))["faces"]
+    print(f"\n| `maskjob score` end to end on the {len(measured)} frames ({faces} faces) from {middle:%H:%M} UTC on "
+          f"(history: the {history.n_frames} earlier frames, {history.n_faces} faces), median (min-max) of {repeats} "
           "| frames/s | frames per CPU-s | load | x today | recall, all faces | "
-          + " | ".join(CLASSES) + " |")
-    print("|---" * (6 + len(CLASSES)) + "|")
-    base = statistics.median(r["frames_per_cpu_s"] for r in runs["today"])
-    labels = {"today": "today: full pyramid from min_face_px 20 in every frame",
-              "ranged": f"face-size ranges: margin {ranged.face_size_margin}, full search every "
-                        f"{ranged.face_size_recheck_frames}th frame and below {ranged.face_size_min_history} faces"}
-    for name, label in labels.items():
-        rs, q = runs[name], quality[name]
+          + " | ".join(CLASSES) + " | precision |")
+    print("|---" * (7 + len(CLASSES)) + "|")
+    base = statistics.median(r["frames_per_cpu_s"] for r in next(iter(runs.values())))
+    for label, rs in runs.items():
+        q = quality[label]
         print(f"| {label} | {median_range(rs, 'frames_per_s')} | {median_range(rs, 'frames_per_cpu_s')} "
               f"| {statistics.mean(r['load'] for r in rs):.2f} "
               f"| {statistics.median(r['frames_per_cpu_s'] for r in rs) / base:.2f} | {q['recall']:.3f} | "
-              + " | ".join(f"{q[c]:.3f}" for c in CLASSES) + " |", flush=True)
+              + " | ".join(f"{q[c]:.3f}" for c in CLASSES) + f" | {q['precision']:.3f} |", flush=True)
 
 
 def end_to_end_since(settings: Settings, inbox: Path, url: str, since: datetime) -> int:
@@ -493,8 +528,13 @@ def main() -> None:
           f"classifier {classifier.meta['arch']}, batch {args.batch_frames} frames, "
           f"MTCNN min_face_px {settings.min_face_px}\n")
 
-    if args.only_face_sizes:
-        face_size_comparison(settings, inbox, frames, read_truth(inbox), ckpt, work, args.repeats)
+    if args.only_options:
+        options_comparison(settings, inbox, frames, read_truth(inbox), ckpt, work, args.repeats)
+        from detectors import detector_table
+
+        print(f"\nEvery detector that ships weights, on all {len(frames)} frames, each box mapped to the truth's "
+              "shape (benchmarks/detectors.py):\n")
+        detector_table(args.detector_specs.split(","), settings, frames, images, read_truth(inbox))
         print(f"\nLoad average at the end {' / '.join(f'{v:.2f}' for v in os.getloadavg())}.")
         shutil.rmtree(work, ignore_errors=True)
         return
@@ -581,7 +621,7 @@ def main() -> None:
             print(f"| PostgreSQL | {write_rows_per_s(pg_url, ckpt, args.write_images, args.batch_frames):.0f} |")
         else:
             print("| PostgreSQL | not measured: pass --pg-url or install postgresql-15 and run as root |")
-    face_size_comparison(settings, inbox, frames, read_truth(inbox), ckpt, work, args.repeats)
+    options_comparison(settings, inbox, frames, read_truth(inbox), ckpt, work, args.repeats)
     print(f"\nLoad average at the end {' / '.join(f'{v:.1f}' for v in os.getloadavg())}.")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -152,6 +152,7 @@ class Mtcnn:
         threshold: minimum final-stage probability for a face.
         min_face_px: the smallest face side, in pixels, it looks for. Halving it about
             quadruples the first stage's work (its image pyramid starts 2x larger).
+        scale_factor: its image pyramid's step (:func:`maskjob.scoring.mtcnn.detect_faces`).
     """
 
     name = "mtcnn"
@@ -162,10 +163,12 @@ class Mtcnn:
     chunk_frames = 4
     searches_face_sizes = True
 
-    def __init__(self, nets: Sequence[Any], threshold: float, min_face_px: int = 20) -> None:
+    def __init__(self, nets: Sequence[Any], threshold: float, min_face_px: int = 20,
+                 scale_factor: float = Settings.mtcnn_scale_factor) -> None:
         self.nets = tuple(nets)
         self.threshold = threshold
         self.min_face_px = min_face_px
+        self.scale_factor = scale_factor
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.detect_batch([rgb])[0]
@@ -185,7 +188,8 @@ class Mtcnn:
             for start in range(0, len(same), self.chunk_frames):
                 indices = same[start:start + self.chunk_frames]
                 stack = np.stack([images[i] for i in indices])
-                for i, faces in zip(indices, detect_faces(stack, self.nets, low, max_face_px=high)):
+                found = detect_faces(stack, self.nets, low, max_face_px=high, scale_factor=self.scale_factor)
+                for i, faces in zip(indices, found):
                     results[i] = self._kept(faces.boxes, faces.probs, shape[1], shape[0])
         return results
 
@@ -293,7 +297,7 @@ def _make_mtcnn(settings: Settings) -> FaceDetector:
     # Its nets have 10-128 channels; in channels-last memory the cascade runs ~1.4x faster on
     # CPU (boxes agree to 1e-4 px).
     nets = load_nets(settings, channels_last=True)
-    return Mtcnn(nets, settings.detector_threshold, settings.min_face_px)
+    return Mtcnn(nets, settings.detector_threshold, settings.min_face_px, settings.mtcnn_scale_factor)
 
 
 def _make_ultralight(settings: Settings) -> FaceDetector:

@@ -18,7 +18,16 @@ from maskjob.assets import asset_path
 from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
 from maskjob.scoring.matching import iou, match_boxes
-from maskjob.scoring.mtcnn import _crops, _nms_min, _nms_min_batched, _pyramid_scales, _torch_crops, detect_faces
+from maskjob.scoring.mtcnn import (
+    _crops,
+    _Cv2Pyramid,
+    _nms_min,
+    _nms_min_batched,
+    _pyramid_scales,
+    _torch_crops,
+    _torch_level,
+    detect_faces,
+)
 from maskjob.scoring.mtcnn_nets import NET_ASSETS, PNet, load_nets, load_state_dict
 
 
@@ -135,6 +144,41 @@ def test_pyramid_starts_at_min_face_and_stops_at_the_12px_window():
     assert scales[0] == pytest.approx(0.6)
     assert 480 * scales[-1] >= 12 > 480 * scales[-1] * 0.709
     assert len(_pyramid_scales(480, 640, 40)) == len(scales) - 2  # twice the face, two levels fewer
+
+
+def test_a_larger_pyramid_step_covers_the_same_sizes_in_fewer_levels():
+    fine = _pyramid_scales(480, 640, 20)
+    coarse = _pyramid_scales(480, 640, 20, scale_factor=0.5)
+    assert coarse[0] == fine[0] == pytest.approx(0.6)
+    assert [b / a for a, b in zip(coarse, coarse[1:])] == pytest.approx([0.5] * (len(coarse) - 1))
+    assert 480 * coarse[-1] >= 12 > 480 * coarse[-1] * 0.5
+    assert len(coarse) == 5 < len(fine) == 10  # 288 px down to 18 px, against 0.709 steps
+
+
+def test_scoring_pyramid_levels_are_torchs_area_resampling_to_a_few_grey_levels():
+    """The scoring cascade resizes its levels with OpenCV from 2x halvings of the frame; each
+    level stays close to facenet-pytorch's (torch's area mode on the whole frame)."""
+    frames = np.stack([skdata.astronaut(), skdata.astronaut()[::-1].copy()])
+    full = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    pyramid = _Cv2Pyramid(frames)
+    sources = []
+    for scale in _pyramid_scales(512, 512, 20):
+        side = int(512 * scale + 1)
+        want, got = _torch_level(full, side, side), pyramid(side, side)
+        assert got.shape == want.shape == (2, 3, side, side) and got.is_contiguous()
+        assert (got - want).abs().mean().item() < 3.5  # 0.9-2.9 measured
+        sources.append(pyramid.source.shape[1])
+        assert sources[-1] >= 2 * side or sources[-1] == 512
+    assert sources[0] == 512 and sources[-1] == 32  # halved as the levels shrink
+
+
+def test_the_pyramid_step_setting_reaches_the_detector(settings_factory):
+    from maskjob.scoring.detectors import create_detector
+
+    assert create_detector("mtcnn", settings_factory()).scale_factor == 0.709
+    assert create_detector("mtcnn", settings_factory(mtcnn_scale_factor=0.6)).scale_factor == 0.6
+    with pytest.raises(MaskjobError, match="mtcnn_scale_factor must be >= 0.3 and <= 0.9"):
+        settings_factory(mtcnn_scale_factor=0.95)
 
 
 def test_crops_drop_boxes_outside_the_frame_with_their_rows():
