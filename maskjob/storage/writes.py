@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 from datetime import datetime
+from itertools import groupby
 from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -56,12 +57,17 @@ def upsert_ignore(table: sa.Table | type[Base], rows: Sequence[Mapping[str, Any]
         >>> stmt = upsert_ignore(Image, rows, conn.dialect)   # doctest: +SKIP
         >>> conn.execute(stmt.returning(Image.id))             # doctest: +SKIP
     """
+    return _dialect_insert(table, dialect).values(list(rows)).on_conflict_do_nothing(index_elements=index_elements)
+
+
+def _dialect_insert(table: sa.Table | type[Base], dialect: str | Dialect) -> Any:
+    """The dialect's own ``INSERT`` (the one with ``on_conflict_do_nothing``) for SQLite or PostgreSQL."""
     target = table.__table__ if isinstance(table, type) else table
     name = dialect if isinstance(dialect, str) else dialect.name
     module = {"sqlite": sqlite, "postgresql": postgresql}.get(name)
     if module is None:
         raise ValueError(f"upsert_ignore supports sqlite and postgresql, not {name}")
-    return module.insert(target).values(list(rows)).on_conflict_do_nothing(index_elements=index_elements)
+    return module.insert(target)
 
 
 def storable_text(text: str) -> tuple[str, str | None]:
@@ -162,20 +168,73 @@ def storable_image(image: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+# Columns with a Python-side default (filled in per row by SQLAlchemy), by table.
+_DEFAULTED = {table.name: {c.name for c in table.c if c.default is not None and not c.primary_key}
+              for table in (Image.__table__, Face.__table__)}
+
+
+def _unnest_insert(table: sa.Table, columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: ``INSERT INTO table (columns) SELECT * FROM unnest(:col1, :col2, ...) WITH
+    ORDINALITY ORDER BY ordinality``, one array parameter per column.
+
+    Its text does not depend on the number of rows, so psycopg keeps it parsed and prepared
+    on the server (a multi-row VALUES text of another length is parsed and planned anew), and
+    the rows are inserted, and given ids, in the arrays' order.
+    """
+    arrays = [sa.bindparam(f"many_{c}", type_=postgresql.ARRAY(table.c[c].type)) for c in columns]
+    rows = sa.func.unnest(*arrays).table_valued(*columns, with_ordinality="ordinality").render_derived(name="u")
+    return postgresql.insert(table).from_select(list(columns), sa.select(*(rows.c[c] for c in columns))
+                                                .order_by(rows.c.ordinality))
+
+
+def _insert_many(bind: Connection, table: sa.Table, rows: list[dict[str, Any]],
+                 conflict: Sequence[str] | None = None, returning: Sequence[str] = ()) -> sa.CursorResult[Any]:
+    """One INSERT of ``rows`` (all with the same keys), skipping conflicts on ``conflict`` when given.
+
+    PostgreSQL gets :func:`_unnest_insert` when the rows name every column that has a Python
+    default (from_select cannot compute those); otherwise, and on SQLite, an executemany that
+    SQLAlchemy's "insertmanyvalues" sends as one multi-row INSERT, compiled once and cached.
+    """
+    columns = tuple(rows[0])
+    if bind.dialect.name == "postgresql" and _DEFAULTED[table.name] <= set(columns):
+        stmt = _unnest_insert(table, columns)
+        params: Any = {f"many_{c}": [row[c] for row in rows] for c in columns}
+    else:
+        stmt, params = _dialect_insert(table, bind.dialect), rows
+    if conflict is not None:
+        stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
+    if returning:
+        stmt = stmt.returning(*(table.c[c] for c in returning))
+    return bind.execute(stmt, params)
+
+
 def _insert(bind: Connection, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert storable rows and their faces; the rows that were new, with their ``id``."""
-    columns = [{k: v for k, v in row.items() if k != "faces"} for row in rows]
-    stmt = upsert_ignore(Image, columns, bind.dialect, ["path_key", "model_version_id"])
-    inserted = bind.execute(stmt.returning(Image.id, Image.path_key, Image.model_version_id)).all()
-    by_key = {(row["path_key"], row["model_version_id"]): row for row in rows}
-    stored = [{**by_key[(key, version_id)], "id": image_id} for image_id, key, version_id in inserted]
+    """Insert storable rows and their faces; the rows that were new, in order, with their ``id``.
+
+    Two statements for a batch (:func:`_insert_many`): the images, returning their ids, then
+    all their faces; PostgreSQL's statement-level triggers run once per batch. Consecutive rows
+    with the same columns go together (a column a row leaves out gets its default), so ids
+    follow the rows' order, as the latest-scoring tie-break expects.
+    """
+    images = Image.__table__
+    ids: dict[tuple[str, int], int] = {}
+    for _, run in groupby(rows, key=lambda row: row.keys()):
+        columns = [{k: v for k, v in row.items() if k != "faces"} for row in run]
+        result = _insert_many(bind, images, columns, ["path_key", "model_version_id"],
+                              ["id", "path_key", "model_version_id"])
+        ids.update(((key, version_id), image_id) for image_id, key, version_id in result)
+    stored = []
+    for row in rows:  # a key twice in one batch: only its first row was inserted
+        image_id = ids.pop((row["path_key"], row["model_version_id"]), None)
+        if image_id is not None:
+            stored.append({**row, "id": image_id})
     faces = [
         {**face, "image_id": row["id"], "model_version_id": row["model_version_id"]}
         for row in stored
         for face in row.get("faces", ())
     ]
-    if faces:
-        bind.execute(sa.insert(Face), faces)
+    for _, run in groupby(faces, key=lambda face: face.keys()):
+        _insert_many(bind, Face.__table__, list(run))
     return stored
 
 
