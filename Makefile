@@ -22,7 +22,10 @@ test: setup-test
 bench: setup
 	.venv/bin/python benchmarks/train_throughput.py
 	.venv/bin/python benchmarks/score_throughput.py
+	.venv/bin/python benchmarks/score_throughput.py --only-options --frames 240
+	.venv/bin/python benchmarks/write_speed.py --frames 4000
 	.venv/bin/python benchmarks/report_speed.py
+	.venv/bin/python benchmarks/scale.py --sqlite
 
 # setuptools builds in build/ and never prunes it: start clean so no deleted module ships.
 wheel: setup
