@@ -260,9 +260,11 @@ def downgrade(url: str | URL, rev: str) -> str | None:
 
 
 def _current(conn: Connection) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    return MigrationContext.configure(conn).get_current_revision()
+    """The revision stamped in ``alembic_version`` (``None``: never migrated), read without
+    importing alembic."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def current(url: str | URL) -> str | None:
@@ -272,13 +274,6 @@ def current(url: str | URL) -> str | None:
             return _current(conn)
     except sa.exc.DBAPIError as exc:
         raise _unreachable(url, exc) from None
-
-
-def _stamped_revision(conn: Connection) -> str | None:
-    """The revision in ``alembic_version`` (what :func:`_current` reads, without importing alembic)."""
-    if not sa.inspect(conn).has_table("alembic_version"):
-        return None
-    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def open_database(url: str | URL) -> Engine:
@@ -291,7 +286,7 @@ def open_database(url: str | URL) -> Engine:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            rev = _stamped_revision(conn)
+            rev = _current(conn)
     except sa.exc.DBAPIError as exc:
         engine.dispose()
         raise _unreachable(url, exc) from None

@@ -65,12 +65,12 @@ def test_verbose_shows_library_info_logs_on_stderr(tmp_path):
     assert "DEBUG" not in done.stderr
 
     # -v also works after the command; the answer stays alone on stdout.
-    done = maskjob("--data-dir", str(data), "db", "current", "-v", cwd=tmp_path)
+    done = maskjob("--data-dir", str(data), "db", "upgrade", "-v", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"sqlite:///{data / 'maskjob.db'}: {head_revision()} (head)\n"
+    assert done.stdout == f"sqlite:///{data / 'maskjob.db'}: {head_revision()} -> {head_revision()}\n"
     assert "INFO alembic.runtime.migration" in done.stderr
 
-    done = maskjob("--data-dir", str(data), "-vv", "db", "current", cwd=tmp_path)
+    done = maskjob("--data-dir", str(data), "-vv", "db", "upgrade", cwd=tmp_path)
     assert "INFO alembic.runtime.plugins: setup plugin" in done.stderr
 
 
