@@ -84,6 +84,17 @@ class Settings:
     review_threshold: float = 0.75
     blur_faces: bool = True
     gallery_cap: int = 24
+    # The review page and the corrections loop (issue 12).
+    review_sample_rate: float = 0.02  # share of confident faces sampled into the queue (agreement estimate)
+    review_host: str = "127.0.0.1"
+    review_port: int = 8765
+    review_secret: str = ""  # signs session cookies; empty: a random key kept in <data_dir>/review_secret
+    review_secure_cookies: bool = True
+    review_session_hours: float = 12.0
+    review_login_attempts: int = 5  # failed logins per user and address per review_login_window_s
+    review_login_window_s: float = 900.0
+    site_test_fraction: float = 0.3  # share of (camera, local day) groups exported to the site test split
+    site_split_min_per_class: int = 20  # the gate scores the site split once each class has this many
     # The site (issue 13): local days, cameras, alerts.
     site_timezone: str = "UTC"
     default_compliance_target: float = 0.9
@@ -141,6 +152,13 @@ BOUNDS: dict[str, dict[str, float]] = {
     "score_lease_wait_s": {"minimum": 0.0, "maximum": 86400.0},
     "review_threshold": {"exclusiveMinimum": 0.0, "maximum": 1.0},
     "gallery_cap": {"minimum": 0},
+    "review_sample_rate": {"minimum": 0.0, "maximum": 1.0},
+    "review_port": {"minimum": 0, "maximum": 65535},
+    "review_session_hours": {"exclusiveMinimum": 0.0, "maximum": 720.0},
+    "review_login_attempts": {"minimum": 1},
+    "review_login_window_s": {"exclusiveMinimum": 0.0},
+    "site_test_fraction": {"minimum": 0.0, "maximum": 1.0},
+    "site_split_min_per_class": {"minimum": 1},
     "default_compliance_target": {"minimum": 0.0, "maximum": 1.0},
     "default_expected_frames_per_hour": {"minimum": 0.0},
     "late_upload_grace_minutes": {"minimum": 0.0, "maximum": 1440.0},
@@ -202,7 +220,7 @@ _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 # Values of these settings are never echoed in messages (a database URL may hold a password).
-_SECRET_SETTINGS = frozenset({"database_url"})
+_SECRET_SETTINGS = frozenset({"database_url", "review_secret"})
 _EXPECTED = {
     "int": "an int (a whole number such as 3)",
     "float": "a finite number such as 0.5",

@@ -13,8 +13,8 @@ import re
 
 __all__ = [
     "ARCHS", "CLASSES", "CLASS_COLOURS", "CUSTOM_ARCHS", "DEFAULT_MAX_IMAGE_PIXELS", "DETECTORS", "IMAGE_EXTENSIONS",
-    "IMAGE_STATUSES", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "MODEL_STATUSES", "RUN_STATUSES", "TRANSFER_ARCHS",
-    "VIOLATIONS", "class_colour_hex", "slug",
+    "IMAGE_STATUSES", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "MODEL_STATUSES", "NOT_A_FACE", "REVIEW_LABELS",
+    "REVIEW_ROLES", "RUN_STATUSES", "SITE_TEST_SPLIT", "TRANSFER_ARCHS", "VIOLATIONS", "class_colour_hex", "slug",
 ]
 
 # The canonical class order everywhere: model outputs, probability columns, confusion matrices.
@@ -45,6 +45,16 @@ MAX_IMAGE_SIZE = 512
 MODEL_STATUSES: tuple[str, ...] = ("candidate", "champion", "retired", "rejected")
 RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed")
 IMAGE_STATUSES: tuple[str, ...] = ("ok", "no_face", "unreadable")
+
+# A reviewer's decision on a face (face_reviews.label): a class, or "not a face" (a detector
+# error: the face drops out of every count and never becomes training data).
+NOT_A_FACE = "not_a_face"
+REVIEW_LABELS: tuple[str, ...] = CLASSES + (NOT_A_FACE,)
+# Review page roles, least to most: viewers read (faces blurred), reviewers also decide, admins
+# also see identities and manage users.
+REVIEW_ROLES: tuple[str, ...] = ("viewer", "reviewer", "admin")
+# The dataset split that holds reviewed site faces kept out of training (the gate's site split).
+SITE_TEST_SPLIT = "test_site"
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 # Larger images are refused before decoding (decompression bombs); setting max_image_pixels.
