@@ -210,7 +210,7 @@ def _alembic_config(connection: Connection | None = None, settings: Any = None) 
 # The schema revision this code reads and writes: the newest migration. Kept equal to
 # alembic's head by tests/storage/test_db.py, so that opening a database needs neither alembic
 # nor the migration files (importing and parsing them is 0.2-0.5 s of every CLI command).
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 
 
 def head_revision() -> str:

@@ -15,6 +15,10 @@ transaction: inserts, deletes and updates of ``images``. Two helpers serve bulk 
   their faces, for rows written without them;
 - :func:`rebuild`: recompute both tables from ``images`` with set-based SQL.
 
+:func:`refresh_summaries` recomputes images' summary columns from their faces' final labels
+(migration 0007: a review's label where there is one, ``not_a_face`` left out, a reviewed face
+at confidence 1.0); the review writes call it, and the triggers carry the result on.
+
 Example:
     >>> with engine.begin() as conn, triggers_disabled(conn):   # doctest: +SKIP
     ...     conn.execute(sa.insert(Image), many_rows)
@@ -26,18 +30,19 @@ Example:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["TRIGGER_PREFIX", "fill_confidence_extremes", "rebuild", "triggers_disabled"]
+__all__ = ["TRIGGER_PREFIX", "fill_confidence_extremes", "rebuild", "refresh_summaries", "triggers_disabled"]
 
 TRIGGER_PREFIX = "maskjob_derived_"
 
 _LATEST_COLUMNS = ("path_key", "image_id", "model_version_id", "camera_id", "captured_at", "scored_at", "timezone",
                    "local_day", "hour_utc", "status", "n_faces", "n_with_mask", "n_without_mask", "n_partial_mask",
-                   "top_violation_confidence", "min_confidence", "max_confidence")
+                   "top_violation_confidence", "min_confidence", "max_confidence", "n_reviewed", "n_changed",
+                   "n_not_face")
 _HOURLY_KEY = "hour_utc, camera_id, local_day, timezone, model_version_id"
 
 # captured_at floored to the UTC hour, in the column's format on each database.
@@ -57,35 +62,85 @@ def _latest_from_images(dialect: str) -> str:
 
 _HOURLY_FROM_LATEST = f"""
 INSERT INTO hourly_counts ({_HOURLY_KEY}, images, ok, no_face, unreadable, faces, with_mask, without_mask,
-                           partial_mask, compliant)
+                           partial_mask, compliant, reviewed, changed, not_face)
 SELECT {_HOURLY_KEY}, COUNT(*),
        SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END),
        SUM(CASE WHEN status = 'no_face' THEN 1 ELSE 0 END),
        SUM(CASE WHEN status = 'unreadable' THEN 1 ELSE 0 END),
        SUM(n_faces), SUM(n_with_mask), SUM(n_without_mask), SUM(n_partial_mask),
-       SUM(CASE WHEN status = 'ok' AND n_faces > 0 AND n_with_mask = n_faces THEN 1 ELSE 0 END)
+       SUM(CASE WHEN status = 'ok' AND n_faces > 0 AND n_with_mask = n_faces THEN 1 ELSE 0 END),
+       SUM(n_reviewed), SUM(n_changed), SUM(n_not_face)
 FROM latest_scorings
 GROUP BY {_HOURLY_KEY}
 """
 
 
-_FILL_EXTREMES = """
+# Per image with faces, the summary of its final faces: a face's final label is its review's
+# where it has one (a reviewed face counts at confidence 1.0: a person decided), and a face
+# reviewed as not_a_face drops out. {where} filters faces (e.g. to some image ids).
+_FINAL_SUMMARY = """
+SELECT image_id, COUNT(*) AS n_detected,
+       SUM(CASE WHEN final = 'with_mask' THEN 1 ELSE 0 END) AS n_with_mask,
+       SUM(CASE WHEN final = 'without_mask' THEN 1 ELSE 0 END) AS n_without_mask,
+       SUM(CASE WHEN final = 'partial_mask' THEN 1 ELSE 0 END) AS n_partial_mask,
+       MAX(CASE WHEN final IN ('without_mask', 'partial_mask') THEN final_confidence END) AS top_violation,
+       MIN(CASE WHEN final <> 'not_a_face' THEN final_confidence END) AS lowest,
+       MAX(CASE WHEN final <> 'not_a_face' THEN final_confidence END) AS highest,
+       SUM(CASE WHEN reviewed_label IS NOT NULL THEN 1 ELSE 0 END) AS n_reviewed,
+       SUM(CASE WHEN reviewed_label IS NOT NULL AND reviewed_label <> label THEN 1 ELSE 0 END) AS n_changed,
+       SUM(CASE WHEN final = 'not_a_face' THEN 1 ELSE 0 END) AS n_not_face
+FROM (SELECT image_id, label, reviewed_label, COALESCE(reviewed_label, label) AS final,
+             CASE WHEN reviewed_label IS NULL THEN confidence ELSE 1.0 END AS final_confidence
+      FROM faces WHERE {where}) AS ff
+GROUP BY image_id
+"""
+
+_FILL_EXTREMES = f"""
 UPDATE images SET top_violation_confidence = fc.top_violation, min_confidence = fc.lowest,
                   max_confidence = fc.highest
-FROM (SELECT image_id,
-             MAX(CASE WHEN label IN ('without_mask', 'partial_mask') THEN confidence END) AS top_violation,
-             MIN(confidence) AS lowest, MAX(confidence) AS highest
-      FROM faces GROUP BY image_id) AS fc
+FROM ({_FINAL_SUMMARY.format(where="1 = 1")}) AS fc
+WHERE images.id = fc.image_id
+"""
+
+# An image whose every face is not_a_face has none left: status no_face; any left: ok.
+_REFRESH = """
+UPDATE images SET n_faces = fc.n_detected - fc.n_not_face, n_with_mask = fc.n_with_mask,
+                  n_without_mask = fc.n_without_mask, n_partial_mask = fc.n_partial_mask,
+                  top_violation_confidence = fc.top_violation, min_confidence = fc.lowest,
+                  max_confidence = fc.highest, n_reviewed = fc.n_reviewed, n_changed = fc.n_changed,
+                  n_not_face = fc.n_not_face,
+                  status = CASE WHEN fc.n_detected = fc.n_not_face THEN 'no_face' ELSE 'ok' END
+FROM ({summary}) AS fc
 WHERE images.id = fc.image_id
 """
 
 
 def fill_confidence_extremes(conn: Connection) -> int:
     """Set every image's ``top_violation_confidence``, ``min_confidence`` and ``max_confidence`` from its faces
-    (set-based, in the caller's transaction); images without faces keep NULL. For bulk loads
-    that wrote faces without the writer; run it inside :func:`triggers_disabled`, before
-    :func:`rebuild`. Returns the images updated."""
+    (set-based, in the caller's transaction; over final labels, as :func:`refresh_summaries`);
+    images without faces keep NULL. For bulk loads that wrote faces without the writer; run it
+    inside :func:`triggers_disabled`, before :func:`rebuild`. Returns the images updated."""
     return conn.exec_driver_sql(_FILL_EXTREMES).rowcount
+
+
+def refresh_summaries(conn: Connection, image_ids: Sequence[int]) -> int:
+    """Recompute the summary columns of the images ``image_ids`` from their faces' final labels.
+
+    ``n_faces`` and ``n_<label>`` count final faces (``not_a_face`` left out), the confidence
+    extremes are over them (a reviewed face at 1.0), ``n_reviewed``/``n_changed``/``n_not_face``
+    count the reviews, and ``status`` is ``no_face`` when no face is left, else ``ok``.
+    Images without faces are left as they are. Runs in the caller's transaction; the triggers
+    carry the change to ``latest_scorings`` and ``hourly_counts``. Returns the images updated.
+
+    Example:
+        >>> refresh_summaries(conn, [image_id])   # doctest: +SKIP
+        1
+    """
+    if not image_ids:
+        return 0
+    summary = _FINAL_SUMMARY.format(where="image_id IN :image_ids")
+    stmt = sa.text(_REFRESH.format(summary=summary)).bindparams(sa.bindparam("image_ids", expanding=True))
+    return conn.execute(stmt, {"image_ids": list(image_ids)}).rowcount
 
 
 def rebuild(conn: Connection) -> tuple[int, int]:

@@ -20,15 +20,38 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 import maskjob
-from maskjob.vocab import IMAGE_STATUSES, MODEL_STATUSES, RUN_STATUSES, VIOLATIONS
+from maskjob.vocab import IMAGE_STATUSES, MODEL_STATUSES, REVIEW_LABELS, REVIEW_ROLES, RUN_STATUSES, VIOLATIONS
 
 __all__ = [
     "Base", "Camera", "ModelVersion", "UtcDateTime", "PromotionDecision", "ScoringRun", "Image", "Face",
-    "LatestScoring", "HourlyCount", "VIEW_NAMES",
+    "LatestScoring", "HourlyCount", "FaceReview", "ReviewUser", "REVIEW_STRATA", "SAMPLE_BUCKETS", "VIEW_NAMES",
     "face_predictions", "image_predictions", "daily_compliance", "face_summary", "path_key", "raw_text_bytes",
+    "sample_hash", "violation_label",
 ]
 
 VIEW_NAMES = ("face_predictions", "image_predictions", "daily_compliance")
+
+# Where the review queue served a face (face_reviews.stratum): below the review threshold,
+# a confident violation, the random sample of confident faces, or elsewhere (a page of one image).
+REVIEW_STRATA: tuple[str, ...] = ("uncertain", "violation", "sample", "other")
+# The queue's deterministic sample: Knuth's multiplicative hash of a face id (mod 2**32), in
+# [0, SAMPLE_BUCKETS); a face is sampled when it is below review_sample_rate * SAMPLE_BUCKETS.
+SAMPLE_BUCKETS = 10000
+_UNREVIEWED = "reviewed_label IS NULL"
+
+
+def violation_label(label_column: str = "label") -> str:
+    """The SQL "``label_column`` is a violation", with the labels as literals: as migration 0007's
+    partial index writes it (a planner proves a partial index applies only from the same terms)."""
+    return f"{label_column} IN ({', '.join(repr(v) for v in VIOLATIONS)})"
+
+
+def sample_hash(id_column: str = "id") -> str:
+    """The SQL of the sample hash of ``id_column``: literal constants, the same text as in
+    migration 0007's index (a planner uses an expression index only for the same expression;
+    written without inner parentheses, as PostgreSQL reflects it, so that alembic's comparison
+    of schema and migrations sees the same index)."""
+    return f"({id_column} * 2654435761 % 4294967296 % {SAMPLE_BUCKETS})"
 
 
 # Explicit constraint names keep migrations, batch mode on SQLite and downgrades stable.
@@ -222,6 +245,14 @@ class Image(Base):
     n_with_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     n_without_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     n_partial_mask: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    # Reviews (migration 0007): faces reviewed, reviewed to another label than the model's
+    # (not_a_face included), and reviewed as not_a_face. Once an image has a review, n_faces,
+    # the n_<label> counts, the confidence extremes and status are over its final faces
+    # (maskjob.storage.derived.refresh_summaries). No Python default: the writer's PostgreSQL
+    # fast path needs every defaulted column in its rows.
+    n_reviewed: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    n_changed: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    n_not_face: Mapped[int] = mapped_column(server_default=sa.text("0"))
     # The faces' confidence extremes (migration 0006), written with them; NULL without faces
     # (top_violation_confidence: without a without_mask or partial_mask face). The report
     # ranks and counts frames on them (latest_scorings copies them).
@@ -270,6 +301,16 @@ class Face(Base):
         # Leading image_id: this unique index is also the faces(image_id) access path.
         UniqueConstraint("image_id", "face_index"),
         sa.CheckConstraint(_in("label", maskjob.CLASSES), name="label"),
+        # The review queue's access paths (migration 0007): unreviewed faces by confidence,
+        # unreviewed violations by confidence, the other unreviewed faces by sample hash.
+        Index("ix_faces_unreviewed_confidence", "confidence", "id",
+              sqlite_where=sa.text(_UNREVIEWED), postgresql_where=sa.text(_UNREVIEWED)),
+        Index("ix_faces_unreviewed_violation", "confidence", "id",
+              sqlite_where=sa.text(f"{_UNREVIEWED} AND {violation_label()}"),
+              postgresql_where=sa.text(f"{_UNREVIEWED} AND {violation_label()}")),
+        Index("ix_faces_unreviewed_sample", sa.text(sample_hash()), "id",
+              sqlite_where=sa.text(f"{_UNREVIEWED} AND NOT ({violation_label()})"),
+              postgresql_where=sa.text(f"{_UNREVIEWED} AND NOT ({violation_label()})")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -286,8 +327,70 @@ class Face(Base):
     p_partial_mask: Mapped[float] = mapped_column(sa.Float)
     confidence: Mapped[float] = mapped_column(sa.Float)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    # The label of the face's latest review not undone, and that review (migration 0007);
+    # NULL: unreviewed. The final label is COALESCE(reviewed_label, label).
+    reviewed_label: Mapped[str | None] = mapped_column(sa.String(16))
+    review_id: Mapped[int | None]
 
     image: Mapped[Image] = relationship(back_populates="faces")
+
+
+class FaceReview(Base):
+    """One reviewer's decision on a face (migration 0007): the append-only audit trail.
+
+    The face's image, path, camera, capture time, local day and box are copied, so the row
+    outlives a rescoring or a deleted face (``face_id``/``image_id`` then NULL). An undo sets
+    ``undone_at``/``undone_by`` and keeps the row. A face's latest review that is not undone
+    gives its ``reviewed_label``.
+    """
+
+    __tablename__ = "face_reviews"
+    __table_args__ = (
+        sa.CheckConstraint(_in("label", REVIEW_LABELS), name="label"),
+        sa.CheckConstraint(_in("stratum", REVIEW_STRATA), name="stratum"),
+        Index("ix_face_reviews_face_id_reviewed_at_id", "face_id", "reviewed_at", "id"),
+        Index("ix_face_reviews_reviewed_at", "reviewed_at"),
+        Index("ix_face_reviews_camera_id_local_day", "camera_id", "local_day"),
+        # The report's review statistics start from the window's reviews.
+        Index("ix_face_reviews_captured_at", "captured_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    face_id: Mapped[int | None] = mapped_column(ForeignKey("faces.id", ondelete="SET NULL"))
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    image_path: Mapped[str] = mapped_column(sa.Text)
+    camera_id: Mapped[str] = mapped_column(sa.Text)
+    captured_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    local_day: Mapped[date] = mapped_column(sa.Date)
+    x1: Mapped[int]
+    y1: Mapped[int]
+    x2: Mapped[int]
+    y2: Mapped[int]
+    reviewer: Mapped[str] = mapped_column(sa.Text)
+    label: Mapped[str] = mapped_column(sa.String(16))
+    model_label: Mapped[str] = mapped_column(sa.String(16))
+    model_confidence: Mapped[float] = mapped_column(sa.Float)
+    model_version_id: Mapped[int]
+    stratum: Mapped[str] = mapped_column(sa.String(16))
+    reviewed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    undone_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    undone_by: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class ReviewUser(Base):
+    """An account of the review page (migration 0007): a password hash and a role of
+    :data:`maskjob.vocab.REVIEW_ROLES`; a disabled account cannot log in."""
+
+    __tablename__ = "review_users"
+    __table_args__ = (sa.CheckConstraint(_in("role", REVIEW_ROLES), name="role"),)
+
+    username: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    password_hash: Mapped[str] = mapped_column(sa.Text)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    disabled: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=lambda: datetime.now(UTC))
+    password_changed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=lambda: datetime.now(UTC))
 
 
 class LatestScoring(Base):
@@ -329,6 +432,10 @@ class LatestScoring(Base):
     top_violation_confidence: Mapped[float | None] = mapped_column(sa.Float)
     min_confidence: Mapped[float | None] = mapped_column(sa.Float)
     max_confidence: Mapped[float | None] = mapped_column(sa.Float)
+    # The image's review counts (migration 0007); its n_* and extremes above are already final.
+    n_reviewed: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    n_changed: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    n_not_face: Mapped[int] = mapped_column(server_default=sa.text("0"))
 
 
 class HourlyCount(Base):
@@ -359,10 +466,15 @@ class HourlyCount(Base):
     without_mask: Mapped[int]
     partial_mask: Mapped[int]
     compliant: Mapped[int]
+    # Sums of latest_scorings' n_reviewed, n_changed, n_not_face (migration 0007).
+    reviewed: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    changed: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    not_face: Mapped[int] = mapped_column(server_default=sa.text("0"))
 
 
 # The analysts' views, created by migration 0002 (ranked per path_key since 0003, local time
-# since 0004, reading latest_scorings and hourly_counts since 0005). Declared here (outside
+# since 0004, reading latest_scorings and hourly_counts since 0005, final labels since 0007:
+# face_predictions leaves out not_a_face faces, and every count is over final labels). Declared here (outside
 # Base.metadata, so never created as tables) for typed Core queries: ``day``/``local_day`` read
 # as dates on both databases. ``captured_local`` is the camera's wall time: a timestamp on
 # PostgreSQL, text with its offset on SQLite.
@@ -380,6 +492,7 @@ face_predictions = sa.Table(
     sa.Column("confidence", sa.Float), sa.Column("model_version", sa.String),
     sa.Column("scored_at", UtcDateTime),
     sa.Column("captured_local", sa.String), sa.Column("timezone", sa.String), sa.Column("local_day", sa.Date),
+    sa.Column("face_id", sa.Integer), sa.Column("reviewed_label", sa.String), sa.Column("final_label", sa.String),
 )
 
 
@@ -394,6 +507,7 @@ image_predictions = sa.Table(
     sa.Column("compliant", sa.Integer), sa.Column("model_version", sa.String),
     sa.Column("scored_at", UtcDateTime),
     sa.Column("captured_local", sa.String), sa.Column("timezone", sa.String), sa.Column("local_day", sa.Date),
+    sa.Column("n_reviewed", sa.Integer), sa.Column("n_changed", sa.Integer),
 )
 
 
@@ -403,6 +517,7 @@ daily_compliance = sa.Table(
     *(sa.Column(name, sa.Integer) for name in ("images", "no_face", "unreadable", "faces", *maskjob.CLASSES)),
     sa.Column("compliance_rate", sa.Float), sa.Column("timezone", sa.String),
     sa.Column("compliant_frames", sa.Integer),
+    sa.Column("reviewed_faces", sa.Integer), sa.Column("changed_faces", sa.Integer),
 )
 
 

@@ -19,15 +19,6 @@ EXTREMES = ("top_violation_confidence", "min_confidence", "max_confidence")
 T = datetime(2026, 11, 25, 1, tzinfo=UTC)
 
 
-@pytest.fixture
-def engine(migrated_db_url: str):
-    engine = database.open_database(migrated_db_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
 def _scored(path: str, version: int, scored_at: datetime, faces: Sequence[tuple[str, float]]) -> dict[str, Any]:
     row = _row(path, version, scored_at, [label for label, _ in faces])
     for face, (_, confidence) in zip(row["faces"], faces):

@@ -1,36 +1,31 @@
-"""latest_scorings and hourly_counts (migrations 0005, 0006) on SQLite and PostgreSQL: the triggers give
+"""latest_scorings and hourly_counts (migrations 0005-0007) on SQLite and PostgreSQL: the triggers give
 exactly what 0004's window over every image gave, through rescorings, backfills, ties, deletes
-and a random mix of writes; rebuild() gives the same state; the triggers can be switched off."""
+and a random mix of writes; rebuild() gives the same state; the triggers can be switched off.
+assert_derived_state also holds after reviews (final labels: tests/storage/test_reviews.py)."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pytest
 import sqlalchemy as sa
 
-from maskjob.storage import database, derived, schema, writes
-from tests.storage.reference_views import WINDOW_LATEST, assert_views_match_0004, normalised
+from maskjob.storage import derived, schema, writes
+from tests.storage.reference_views import WINDOW_LATEST, assert_views_match_reference, normalised
 from tests.storage.test_views import SCORINGS
 
 LABELS = ("with_mask", "without_mask", "partial_mask")
 ZONES = {"cam1": "UTC", "cam2": "Europe/Paris", "cam3": "America/Chicago"}
 HOURLY_SUMS = ("images", "ok", "no_face", "unreadable", "faces", "with_mask", "without_mask", "partial_mask",
-               "compliant")
+               "compliant", "reviewed", "changed", "not_face")
 HOURLY_KEY = ("hour_utc", "camera_id", "local_day", "timezone", "model_version_id")
 LATEST_COPIED = ("model_version_id", "camera_id", "captured_at", "scored_at", "timezone", "local_day", "status",
-                 "n_faces", "n_with_mask", "n_without_mask", "n_partial_mask")
-
-
-@pytest.fixture
-def engine(migrated_db_url: str) -> Iterator[sa.Engine]:
-    engine = database.open_database(migrated_db_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+                 "n_faces", "n_with_mask", "n_without_mask", "n_partial_mask", "n_reviewed", "n_changed", "n_not_face")
+# A face's final label, and its confidence as the summaries count it (a reviewed face: 1.0).
+FINAL = "COALESCE(f.reviewed_label, f.label)"
+FINAL_CONFIDENCE = "CASE WHEN f.reviewed_label IS NULL THEN f.confidence ELSE 1.0 END"
 
 
 def _versions(engine: sa.Engine, names: Sequence[str]) -> dict[str, int]:
@@ -82,7 +77,8 @@ def _expected_hourly(latest: dict[str, sa.Row]) -> dict[tuple[Any, ...], tuple[i
         key = (_hour(r.captured_at), r.camera_id, r.local_day, r.timezone, r.model_version_id)
         ok = r.status == "ok"
         terms = (1, int(ok), int(r.status == "no_face"), int(r.status == "unreadable"), r.n_faces, r.n_with_mask,
-                 r.n_without_mask, r.n_partial_mask, int(ok and r.n_faces > 0 and r.n_with_mask == r.n_faces))
+                 r.n_without_mask, r.n_partial_mask, int(ok and r.n_faces > 0 and r.n_with_mask == r.n_faces),
+                 r.n_reviewed, r.n_changed, r.n_not_face)
         sums[key] = [a + b for a, b in zip(sums.get(key, [0] * len(terms)), terms)]
     return {key: tuple(values) for key, values in sums.items()}
 
@@ -97,7 +93,8 @@ def _latest(conn: sa.Connection) -> dict[str, sa.Row]:
 
 
 def assert_derived_state(engine: sa.Engine) -> None:
-    """latest_scorings = the window's rank-1 rows, hourly_counts = their sums, views = 0004's."""
+    """latest_scorings = the window's rank-1 rows, hourly_counts = their sums, images' summaries =
+    their final faces', faces' reviewed labels = their latest live reviews', views = 0004's over final labels."""
     with engine.connect() as conn:
         window, latest = _window_latest(conn), _latest(conn)
         assert {k: r.image_id for k, r in latest.items()} == {k: r.id for k, r in window.items()}
@@ -107,17 +104,30 @@ def assert_derived_state(engine: sa.Engine) -> None:
         assert _hourly(conn) == _expected_hourly(window)
         assert all(values == (0,) * len(HOURLY_SUMS)
                    for values in _hourly(conn, with_empty=True).values() if values[0] == 0)
+        # images' summary columns from their faces' final labels (0007; the model's without reviews).
+        final = FINAL
         counted = conn.execute(sa.text(
-            "SELECT i.id, i.n_faces, i.n_with_mask, i.n_without_mask, i.n_partial_mask, COUNT(f.id), "
-            + ", ".join(f"SUM(CASE WHEN f.label = '{label}' THEN 1 ELSE 0 END)" for label in LABELS)
-            + " FROM images AS i LEFT JOIN faces AS f ON f.image_id = i.id "
-              "GROUP BY i.id, i.n_faces, i.n_with_mask, i.n_without_mask, i.n_partial_mask")).all()
-        assert all(tuple(r[1:5]) == tuple(int(v or 0) for v in r[5:]) for r in counted)
-        # Confidence extremes (0006): the images' from their faces, latest_scorings' from its image.
+            "SELECT i.id, i.n_faces, i.n_with_mask, i.n_without_mask, i.n_partial_mask, i.n_reviewed, i.n_changed, "
+            f"i.n_not_face, COUNT(CASE WHEN {final} <> 'not_a_face' THEN 1 END), "
+            + ", ".join(f"COUNT(CASE WHEN {final} = '{label}' THEN 1 END)" for label in LABELS)
+            + ", COUNT(f.reviewed_label), COUNT(CASE WHEN f.reviewed_label <> f.label THEN 1 END), "
+              f"COUNT(CASE WHEN {final} = 'not_a_face' THEN 1 END) "
+              "FROM images AS i LEFT JOIN faces AS f ON f.image_id = i.id "
+              "GROUP BY i.id, i.n_faces, i.n_with_mask, i.n_without_mask, i.n_partial_mask, i.n_reviewed, "
+              "i.n_changed, i.n_not_face")).all()
+        assert all(tuple(r[1:8]) == tuple(r[8:]) for r in counted)
+        # An image with faces is no_face exactly when none is left (every one not_a_face).
+        statuses = conn.execute(sa.text(
+            f"SELECT i.status, COUNT(CASE WHEN {final} <> 'not_a_face' THEN 1 END) FROM images AS i "
+            "JOIN faces AS f ON f.image_id = i.id GROUP BY i.id, i.status")).all()
+        assert all(status == ("ok" if left else "no_face") for status, left in statuses)
+        # Confidence extremes (0006): the images' from their final faces, latest_scorings' from its image.
         extremes = conn.execute(sa.text(
             "SELECT i.top_violation_confidence, i.min_confidence, i.max_confidence, "
-            "MAX(CASE WHEN f.label IN ('without_mask', 'partial_mask') THEN f.confidence END), MIN(f.confidence), "
-            "MAX(f.confidence) FROM images AS i LEFT JOIN faces AS f ON f.image_id = i.id "
+            f"MAX(CASE WHEN {final} IN ('without_mask', 'partial_mask') THEN {FINAL_CONFIDENCE} END), "
+            f"MIN(CASE WHEN {final} <> 'not_a_face' THEN {FINAL_CONFIDENCE} END), "
+            f"MAX(CASE WHEN {final} <> 'not_a_face' THEN {FINAL_CONFIDENCE} END) "
+            "FROM images AS i LEFT JOIN faces AS f ON f.image_id = i.id "
             "GROUP BY i.id, i.top_violation_confidence, i.min_confidence, i.max_confidence")).all()
         assert all(tuple(r[:3]) == tuple(r[3:]) for r in extremes)
         copied = conn.execute(sa.text(
@@ -125,7 +135,14 @@ def assert_derived_state(engine: sa.Engine) -> None:
             "i.top_violation_confidence, i.min_confidence, i.max_confidence "
             "FROM latest_scorings AS ls JOIN images AS i ON i.id = ls.image_id")).all()
         assert all(tuple(r[:3]) == tuple(r[3:]) for r in copied)
-        assert_views_match_0004(conn)
+        # faces.reviewed_label/review_id: the face's latest review not undone.
+        settled = conn.execute(sa.text(
+            "SELECT f.id, f.reviewed_label, f.review_id, (SELECT r.id FROM face_reviews AS r WHERE r.face_id = f.id "
+            "AND r.undone_at IS NULL ORDER BY r.reviewed_at DESC, r.id DESC LIMIT 1) AS live, "
+            "(SELECT r.label FROM face_reviews AS r WHERE r.face_id = f.id AND r.undone_at IS NULL "
+            "ORDER BY r.reviewed_at DESC, r.id DESC LIMIT 1) AS live_label FROM faces AS f")).all()
+        assert all((r.review_id, r.reviewed_label) == (r.live, r.live_label) for r in settled)
+        assert_views_match_reference(conn)
 
 
 def _load_view_fixture(engine: sa.Engine) -> dict[str, int]:

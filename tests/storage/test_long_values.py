@@ -113,7 +113,7 @@ def test_upgrade_from_0002_keeps_every_row(db_url):
     after = _tables(db_url)
     assert _old_columns(after, db_url) == before  # every row, every value, every id
     assert _views(db_url) == views_before
-    assert database.upgrade(db_url) == "0006"
+    assert database.upgrade(db_url) == database.SCHEMA_REVISION
     engine = database.open_database(db_url)
     try:
         with engine.connect() as conn:

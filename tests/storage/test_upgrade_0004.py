@@ -117,7 +117,7 @@ def test_upgrade_to_0004_keeps_rows_and_fills_local_facts(db_url, tmp_path):
     assert database.upgrade(db_url, "0003") == "0003"
     _fill_0003(db_url)
     settings = load_settings(overrides={"data_dir": tmp_path, "site_timezone": SITE}, environ={})
-    assert database.upgrade(db_url, settings=settings) == "0006"
+    assert database.upgrade(db_url, settings=settings) == database.SCHEMA_REVISION
     _check_upgraded(db_url, SITE, CHICAGO)
 
     # New rows after the upgrade sit beside the migrated ones; down to 0003 keeps every row.
@@ -140,7 +140,7 @@ def test_upgrade_to_0004_keeps_rows_and_fills_local_facts(db_url, tmp_path):
     finally:
         engine.dispose()
     assert [(i, t) for i, t in old] == [(i, t) for i, _, t in IMAGES] + [(4, D(2026, 11, 24, 9))]
-    assert database.upgrade(db_url, settings=settings) == "0006"
+    assert database.upgrade(db_url, settings=settings) == database.SCHEMA_REVISION
     engine = database.open_database(db_url)
     try:
         with engine.connect() as conn:
@@ -158,7 +158,7 @@ def test_cli_db_upgrade_uses_the_site_zone_setting(tmp_path, monkeypatch, capsys
     _fill_0003(url)
     monkeypatch.setenv("MASKJOB_SITE_TIMEZONE", "Asia/Kolkata")
     assert main(["db", "upgrade", "--database-url", url]) == 0
-    assert "0003 -> 0006" in capsys.readouterr().out
+    assert f"0003 -> {database.SCHEMA_REVISION}" in capsys.readouterr().out
     _check_upgraded(url, "Asia/Kolkata", {1: (date(2026, 11, 24), 19800), 2: (date(2026, 11, 24), 19800),
                                           3: (date(2026, 7, 1), 19800)})
 

@@ -204,3 +204,74 @@ def test_the_readme_queries_as_printed_answer_right(scored_url):
     assert share[0][4] == pytest.approx(1 / 3) and share[1][4] is None
     assert unreadable == [("truncated JPEG", 1)]
     assert promotions == []
+
+
+def _review(url: str, decisions: list[tuple[str, str, int, str]]) -> None:
+    """Record (path, model, face_index, label) decisions through maskjob.storage.reviews."""
+    from maskjob.storage import reviews
+
+    engine = database.open_database(url)
+    try:
+        for path, model, index, label in decisions:
+            with engine.connect() as conn:
+                face_id = conn.execute(
+                    sa.select(schema.Face.id).join(schema.Image).join(schema.ModelVersion, schema.ModelVersion.id
+                                                                      == schema.Image.model_version_id)
+                    .where(schema.Image.path == path, schema.ModelVersion.version == model,
+                           schema.Face.face_index == index)).scalar_one()
+            reviews.record_review(engine, face_id, "ana", label)
+    finally:
+        engine.dispose()
+
+
+# Reviews of the fixture: one face is not a face, two are corrected, and the superseded
+# scoring's face is reviewed too (which the views never show).
+REVIEWS = [
+    ("cam1/20261124T080000.jpg", "new", 0, "not_a_face"),
+    ("cam1/20261124T100000.jpg", "new", 0, "with_mask"),
+    ("cam2/20261125T003000.jpg", "new", 1, "partial_mask"),
+    ("cam1/20261124T080000.jpg", "old", 0, "with_mask"),
+]
+# image_path -> EXPECTED_IMAGES' columns, then n_reviewed, n_changed
+REVIEWED_IMAGES = {
+    **{path: (*values, 0, 0) for path, values in EXPECTED_IMAGES.items()},
+    "cam1/20261124T080000.jpg": ("new", "ok", 1, 1, 0, 0, 1, 1, 1),
+    "cam1/20261124T100000.jpg": ("new", "ok", 1, 1, 0, 0, 1, 1, 1),
+    "cam2/20261125T003000.jpg": ("new", "ok", 2, 0, 1, 1, 0, 1, 1),
+}
+# (day, camera) -> (images, no_face, unreadable, faces, with, without, partial, compliant frames, reviewed, changed)
+REVIEWED_DAILY = {
+    ("2026-11-24", "cam1"): (4, 1, 0, 4, 3, 0, 1, 2, 2, 2),
+    ("2026-11-24", "cam2"): (1, 0, 1, 0, 0, 0, 0, 0, 0, 0),
+    ("2026-11-25", "cam2"): (1, 0, 0, 2, 0, 1, 1, 0, 1, 1),
+}
+
+
+def test_the_views_count_final_labels_after_reviews(scored_url):
+    _review(scored_url, REVIEWS)
+    rows = _query(scored_url, "SELECT image_path, model_version, status, n_faces, n_with_mask, n_without_mask, "
+                              "n_partial_mask, compliant, n_reviewed, n_changed FROM image_predictions")
+    assert {r.image_path: tuple(r[1:]) for r in rows} == REVIEWED_IMAGES
+    daily = _query(scored_url, "SELECT day, camera_id, images, no_face, unreadable, faces, with_mask, without_mask, "
+                               "partial_mask, compliant_frames, reviewed_faces, changed_faces, compliance_rate "
+                               "FROM daily_compliance")
+    assert {(str(r.day), r.camera_id): tuple(r[2:12]) for r in daily} == REVIEWED_DAILY
+    assert {(str(r.day), r.camera_id): r.compliance_rate for r in daily} == {
+        ("2026-11-24", "cam1"): pytest.approx(3 / 4), ("2026-11-24", "cam2"): None,
+        ("2026-11-25", "cam2"): pytest.approx(0.0)}
+    faces = _query(scored_url, "SELECT image_path, face_index, label, reviewed_label, final_label "
+                               "FROM face_predictions ORDER BY image_path, face_index")
+    assert [tuple(r) for r in faces] == [
+        ("cam1/20261124T080000.jpg", 1, "with_mask", None, "with_mask"),
+        ("cam1/20261124T090000.jpg", 0, "with_mask", None, "with_mask"),
+        ("cam1/20261124T090000.jpg", 1, "partial_mask", None, "partial_mask"),
+        ("cam1/20261124T100000.jpg", 0, "without_mask", "with_mask", "with_mask"),
+        ("cam2/20261125T003000.jpg", 0, "without_mask", None, "without_mask"),
+        ("cam2/20261125T003000.jpg", 1, "with_mask", "partial_mask", "partial_mask"),
+    ]
+    got = {title: [tuple(r) for r in _query(scored_url, sql.replace("'cam-07'", "'cam1'"))]
+           for title, sql in QUERIES.items()}
+    worst, violations, _, share, *_ = got.values()
+    assert [r[:3] for r in worst] == [("cam1", 4, 3)] and worst[0][3] == pytest.approx(3 / 4)
+    assert violations == [("cam1", 0, 1)]
+    assert [r[:4] for r in share] == [("cam1", 4, 3, 2), ("cam2", 1, 0, 0)]
