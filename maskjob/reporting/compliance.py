@@ -33,7 +33,15 @@ from maskjob.config import Settings
 from maskjob.errors import MaskjobError
 from maskjob.imageio import ImageReadError, max_file_bytes, output_dir, read_file_inside, read_rgb, write_text
 from maskjob.reporting.compliance_data import WindowData, load_window
-from maskjob.reporting.figures import UNDER_DELIVERY_TOLERANCE, SiteFigures, camera_figures, registered_cameras
+from maskjob.reporting.figures import (
+    QUEUE_STRATA,
+    UNDER_DELIVERY_TOLERANCE,
+    ReviewAgreement,
+    SiteFigures,
+    camera_figures,
+    registered_cameras,
+    review_agreement,
+)
 from maskjob.reporting.render import CHART_RC, figure_data_uri, png_data_uri, template_environment
 from maskjob.timeutil import to_naive_utc, zone
 from maskjob.vocab import CLASS_COLOURS, slug
@@ -45,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 THUMB_PX = 160
 MAX_HEATMAP_CAMERAS = 30
+# Per reviewed camera, and pooled (figures.review_agreement).
+Agreement = tuple[list[ReviewAgreement], ReviewAgreement | None]
 
 
 @functools.cache
@@ -170,6 +180,8 @@ class _CropMaker:
                 "camera": row.camera_id,
                 "time": _local(pd.Timestamp(row.captured_at).to_pydatetime(), self.tz).strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "confidence": float(row.confidence),
+                "reviewed": bool(row.reviewed),
+                "model_label": row.model_label,
                 "file": _display_path(row.image_path)[0],
                 "missing": gone,
             }
@@ -288,12 +300,21 @@ def _figures_context(site: SiteFigures, settings: Settings, camera: str | None) 
     }
 
 
+def _reviews_context(agreement: Agreement) -> dict[str, Any]:
+    """The Reviews section: per reviewed camera and pooled, counts and agreement per stratum."""
+    cameras, pooled = agreement
+    return {"cameras": [c.to_dict() for c in cameras], "all": pooled.to_dict() if pooled else None,
+            "strata": list(QUEUE_STRATA)}
+
+
 def compliance_context(data: WindowData, settings: Settings, start: datetime, end: datetime,
-                       camera: str | None, blur: bool, site: SiteFigures | None = None) -> dict[str, Any]:
+                       camera: str | None, blur: bool, site: SiteFigures | None = None,
+                       agreement: Agreement = ([], None)) -> dict[str, Any]:
     """The template variables for a window's page (every value already safe to show).
 
     ``site`` is the window's :class:`~maskjob.reporting.figures.SiteFigures` (default: from
-    ``data`` with no registered cameras).
+    ``data`` with no registered cameras); ``agreement`` its
+    :func:`~maskjob.reporting.figures.review_agreement` (default: no reviews).
     """
     site = site or camera_figures(data, {}, settings, start, end, camera)
     tz = zone(settings.site_timezone)
@@ -343,6 +364,7 @@ def compliance_context(data: WindowData, settings: Settings, start: datetime, en
         "gallery_cap": settings.gallery_cap,
         "blur": blur,
         "review": {"threshold": settings.review_threshold, "total": data.review_total, "faces": crops.items(data.review)},
+        "reviews": _reviews_context(agreement),
         **_figures_context(site, settings, camera),
     }
     if crops.missing:
@@ -388,12 +410,13 @@ def render_compliance_report(
                            review_threshold=settings.review_threshold, review_cap=settings.gallery_cap,
                            zone=settings.site_timezone)
         site = camera_figures(data, registered_cameras(engine), settings, start_dt, end_dt, camera)
+        agreement = review_agreement(engine, data, start_dt, end_dt, camera, settings.review_threshold)
     except (OperationalError, ProgrammingError) as exc:
         raise MaskjobError(
             f"cannot read predictions from the database ({str(exc.orig).splitlines()[0]}). "
             "Run `maskjob db upgrade` to create the schema, then `maskjob score`."
         ) from None
-    context = compliance_context(data, settings, start_dt, end_dt, camera, blur, site)
+    context = compliance_context(data, settings, start_dt, end_dt, camera, blur, site, agreement)
     html = template_environment().get_template("compliance.html").render(**context)
     out = output_dir(out_dir or settings.reports_dir, "report folder")
     path = write_text(out / _file_name(start_dt, end_dt, camera, zone(settings.site_timezone)), html, "report")

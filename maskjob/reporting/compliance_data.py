@@ -8,6 +8,10 @@ scoring that counts for each frame (per image path, the latest scoring: the view
 every query reads the window's rows, never the history, and comes back as a few thousand rows;
 pandas only shapes those.
 
+Labels are final (migration 0007): a reviewer's label where there is one, else the model's,
+and faces a reviewer marked not a face drop out. The derived tables already count final
+labels; the queries here that read ``faces`` (gallery, review queue) use :data:`FINAL_LABEL`.
+
 Example:
     >>> data = load_window(engine, datetime(2026, 11, 24), datetime(2026, 11, 25))  # doctest: +SKIP
     >>> data.current.faces, data.current.rate
@@ -31,13 +35,15 @@ from maskjob.storage.schema import Face, HourlyCount, Image, LatestScoring, Mode
 from maskjob.timeutil import to_naive_utc
 from maskjob.vocab import IMAGE_STATUSES, VIOLATIONS
 
-__all__ = ["WindowCounts", "WindowData", "load_window", "clean_reason", "hour_spans"]
+__all__ = ["FINAL_LABEL", "WindowCounts", "WindowData", "load_window", "clean_reason", "hour_spans",
+           "latest_where"]
 
 logger = logging.getLogger(__name__)
 
 STATUSES = IMAGE_STATUSES
-# What one (UTC hour, camera, model version) group counts: frames, frames per status, faces per label.
-COUNTS = ("images", *STATUSES, *CLASSES)
+# What one (UTC hour, camera, model version) group counts: frames, frames per status, faces per
+# final label, and reviewed faces (whether the window has reviews to read).
+COUNTS = ("images", *STATUSES, *CLASSES, "reviewed")
 _PATH_PREFIX = re.compile(r"^(?P<path>[^\n]*?[/\\][^\n]*?|[^\s:]+\.[A-Za-z0-9]{2,5}):\s+")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:\\|/)[^\s:;,()'\"]+")
 _HOUR = timedelta(hours=1)
@@ -48,6 +54,11 @@ _faces_t = Face.__table__
 _versions = ModelVersion.__table__
 _latest = LatestScoring.__table__
 _hourly = HourlyCount.__table__
+
+# A face's final label: its latest live review, else the model's (migration 0007).
+FINAL_LABEL = sa.func.coalesce(_faces_t.c.reviewed_label, _faces_t.c.label)
+# A reviewed face ranks as certain (a person decided it), as in the frames' confidence extremes.
+_FINAL_CONFIDENCE = sa.case((_faces_t.c.reviewed_label.is_not(None), 1.0), else_=_faces_t.c.confidence)
 
 
 @dataclass(frozen=True)
@@ -70,9 +81,9 @@ class WindowData:
 
     Frames: ``cameras`` (camera_id, frames, ok, no_face, unreadable, faces, with_mask,
     without_mask, partial_mask, rate, prev_rate), ``series`` (bucket, camera_id, with_mask, faces), ``reasons`` (reason,
-    frames), ``models`` (version, arch, frames), ``gallery`` (capped violation faces per
-    camera), ``review`` (least confident faces). Totals: ``current``, ``previous``,
-    ``status_counts``, ``review_total``.
+    frames), ``models`` (version, arch, frames), ``gallery`` (capped final-violation faces per
+    camera), ``review`` (least confident unreviewed faces). Totals: ``current``, ``previous``,
+    ``status_counts``, ``review_total``, ``reviewed`` (the window's reviewed faces).
     """
 
     current: WindowCounts
@@ -85,6 +96,7 @@ class WindowData:
     gallery: pd.DataFrame
     review: pd.DataFrame
     review_total: int
+    reviewed: int
 
 
 def clean_reason(reason: str | None) -> str:
@@ -134,7 +146,7 @@ def _hourly_counts(lo: datetime, hi: datetime, camera: str | None) -> sa.Select[
     return sa.select(*keys, *sums).where(*where).group_by(*keys)
 
 
-def _latest_where(lo: datetime, hi: datetime, camera: str | None) -> list[sa.ColumnElement[bool]]:
+def latest_where(lo: datetime, hi: datetime, camera: str | None) -> list[sa.ColumnElement[bool]]:
     """The frames that count (one latest scoring per path) captured in ``[lo, hi)``."""
     where = [_latest.c.captured_at >= lo, _latest.c.captured_at < hi]
     if camera is not None:
@@ -146,8 +158,9 @@ def _latest_counts(lo: datetime, hi: datetime, camera: str | None) -> sa.Select[
     """:data:`COUNTS` as :func:`_hourly_counts` gives them, for any ``[lo, hi)``, from ``latest_scorings``."""
     keys = (_latest.c.hour_utc, _latest.c.camera_id, _latest.c.model_version_id)
     sums = [sa.func.count().label("images"), *(_count_if(_latest.c.status == s, s) for s in STATUSES),
-            *(sa.func.sum(_latest.c[f"n_{label}"]).label(label) for label in CLASSES)]
-    return sa.select(*keys, *sums).where(*_latest_where(lo, hi, camera)).group_by(*keys)
+            *(sa.func.sum(_latest.c[f"n_{label}"]).label(label) for label in CLASSES),
+            sa.func.sum(_latest.c.n_reviewed).label("reviewed")]
+    return sa.select(*keys, *sums).where(*latest_where(lo, hi, camera)).group_by(*keys)
 
 
 def _window_counts(conn: Connection, start: datetime, end: datetime, camera: str | None) -> pd.DataFrame:
@@ -200,7 +213,7 @@ def _reasons(conn: Connection, start: datetime, end: datetime, camera: str | Non
     stmt = (
         sa.select(_images.c.reason, sa.func.count().label("frames"))
         .select_from(_latest.join(_images, _images.c.id == _latest.c.image_id))
-        .where(_latest.c.status == "unreadable", *_latest_where(start, end, camera))
+        .where(_latest.c.status == "unreadable", *latest_where(start, end, camera))
         .group_by(_images.c.reason)
     )
     raw = pd.DataFrame([(clean_reason(reason), n) for reason, n in conn.execute(stmt)], columns=["reason", "frames"])
@@ -208,14 +221,22 @@ def _reasons(conn: Connection, start: datetime, end: datetime, camera: str | Non
             .sort_values(["frames", "reason"], ascending=[False, True], ignore_index=True))
 
 
-_FACE_COLUMNS = ("camera_id", "image_path", "captured_at", "x1", "y1", "x2", "y2", "label", "confidence")
-_BOX = ("x1", "y1", "x2", "y2", "label", "confidence")
+_FACE_COLUMNS = ("camera_id", "image_path", "captured_at", "x1", "y1", "x2", "y2", "label", "confidence",
+                 "model_label", "reviewed")
+
+
+def _face_values() -> list[sa.ColumnElement[Any]]:
+    """A face's box, final label, the model's confidence and label, and 1 if a reviewer decided it."""
+    return [*(_faces_t.c[name] for name in ("x1", "y1", "x2", "y2")), FINAL_LABEL.label("label"),
+            _faces_t.c.confidence, _faces_t.c.label.label("model_label"),
+            sa.case((_faces_t.c.reviewed_label.is_not(None), 1), else_=0).label("reviewed")]
 
 
 def _ranked_faces(conn: Connection, frame_where: list[sa.ColumnElement[bool]], face_where: sa.ColumnElement[bool],
                   most_confident: bool, cap: int) -> pd.DataFrame:
-    """The ``cap`` faces matching ``face_where`` of the frames matching ``frame_where``, by
-    confidence (most or least confident first, then image id and face index), with their frame's path.
+    """The ``cap`` faces matching ``face_where`` of the frames matching ``frame_where``, by final
+    confidence (a reviewed face counts 1.0; most or least confident first, then image id and
+    face index), with their frame's path.
 
     Ranks frames first, on their confidence extreme in ``latest_scorings`` (migration 0006:
     ``top_violation_confidence`` for the most confident violations, ``min_confidence`` for the
@@ -232,10 +253,9 @@ def _ranked_faces(conn: Connection, frame_where: list[sa.ColumnElement[bool]], f
         .limit(cap)
         .subquery()
     )
-    confidence = _faces_t.c.confidence.desc() if most_confident else _faces_t.c.confidence
+    confidence = _FINAL_CONFIDENCE.desc() if most_confident else _FINAL_CONFIDENCE
     stmt = (
-        sa.select(frames.c.camera_id, _images.c.path.label("image_path"), frames.c.captured_at,
-                  *(_faces_t.c[name] for name in _BOX))
+        sa.select(frames.c.camera_id, _images.c.path.label("image_path"), frames.c.captured_at, *_face_values())
         .select_from(frames.join(_faces_t, _faces_t.c.image_id == frames.c.image_id)
                      .join(_images, _images.c.id == frames.c.image_id))
         .where(face_where)
@@ -246,27 +266,28 @@ def _ranked_faces(conn: Connection, frame_where: list[sa.ColumnElement[bool]], f
 
 
 def _gallery(conn: Connection, start: datetime, end: datetime, cameras: list[str], cap: int) -> pd.DataFrame:
-    """The ``cap`` most confident violation faces of each camera.
+    """The ``cap`` most confident final-violation faces of each camera (reviewed ones first).
 
     One query per camera: each ranks that camera's slice of the covering index
     ``ix_latest_scorings_camera_id_captured_at`` on ``top_violation_confidence``.
     """
-    parts = [_ranked_faces(conn, [*_latest_where(start, end, camera), _latest.c.top_violation_confidence.is_not(None)],
-                           _faces_t.c.label.in_(VIOLATIONS), True, cap) for camera in cameras]
+    parts = [_ranked_faces(conn, [*latest_where(start, end, camera), _latest.c.top_violation_confidence.is_not(None)],
+                           FINAL_LABEL.in_(VIOLATIONS), True, cap) for camera in cameras]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(_FACE_COLUMNS))
 
 
 def _review(conn: Connection, start: datetime, end: datetime, camera: str | None, threshold: float,
             cap: int) -> tuple[pd.DataFrame, int]:
-    """The ``cap`` least confident faces below ``threshold``, and how many faces are below it.
+    """The ``cap`` least confident unreviewed faces below ``threshold``, and how many there are.
 
     The count comes from each frame's confidence extremes (migration 0006) where they decide
     it: every face when ``max_confidence`` is below the threshold, exactly one in a frame of 1
     or 2 faces whose ``min_confidence`` alone is; ``faces`` is read only for frames of 3 or more
-    faces whose extremes straddle the threshold.
+    faces whose extremes straddle the threshold. Reviews keep this exact: the extremes and
+    ``n_faces`` are over final faces, a reviewed face counting 1.0, so never below.
     """
-    frame_where = [*_latest_where(start, end, camera), _latest.c.min_confidence < threshold]
-    below = _faces_t.c.confidence < threshold
+    frame_where = [*latest_where(start, end, camera), _latest.c.min_confidence < threshold]
+    below = sa.and_(_faces_t.c.confidence < threshold, _faces_t.c.reviewed_label.is_(None))
     decided = sa.func.sum(sa.case((_latest.c.max_confidence < threshold, _latest.c.n_faces),
                                   (_latest.c.n_faces <= 2, 1), else_=0))
     straddling = (sa.select(sa.func.count())
@@ -369,4 +390,5 @@ def load_window(
         gallery=gallery,
         review=review,
         review_total=review_total,
+        reviewed=int(counts.loc[counts["current"] == 1, "reviewed"].sum()),
     )

@@ -5,6 +5,11 @@ expected frame count, and a status. Registered cameras come from the ``cameras``
 (:mod:`maskjob.storage.cameras`); a camera that sent frames but is not registered uses
 ``default_compliance_target`` and ``default_expected_frames_per_hour``.
 
+Reviewed cameras also get the model's agreement with reviewers (:func:`review_agreement`),
+per review stratum and as a stratified estimate of field accuracy: the reviews come from
+:func:`maskjob.storage.reviews.review_stats`, the faces per stratum that weight them from
+:func:`review_strata`; a window without reviewed faces reads neither.
+
 Example:
     >>> site = load_figures(engine, settings, start, end)  # doctest: +SKIP
     >>> [c.camera_id for c in site.problems]
@@ -19,20 +24,30 @@ from datetime import datetime
 from typing import Any, Mapping
 
 import pandas as pd
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
 from maskjob.config import Settings
-from maskjob.reporting.compliance_data import WindowData, load_window
+from maskjob.reporting.compliance_data import WindowData, latest_where, load_window
 from maskjob.storage.cameras import Camera, list_cameras, site_defaults
+from maskjob.storage.reviews import CameraReviewStats, review_stats
+from maskjob.storage.schema import REVIEW_STRATA, Face, LatestScoring
+from maskjob.timeutil import to_naive_utc
+from maskjob.vocab import VIOLATIONS
 
 __all__ = [
     "CAMERA_STATUSES",
     "CameraFigures",
+    "QUEUE_STRATA",
+    "ReviewAgreement",
     "SiteFigures",
+    "StratumAgreement",
     "UNDER_DELIVERY_TOLERANCE",
     "camera_figures",
     "load_figures",
     "registered_cameras",
+    "review_agreement",
+    "review_strata",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +57,13 @@ logger = logging.getLogger(__name__)
 UNDER_DELIVERY_TOLERANCE = 0.2
 # Worst first: a camera's status is the first of its problems in this order.
 CAMERA_STATUSES = ("silent", "below_target", "under_delivering", "no_faces", "ok")
+# The review queue's strata in its order; a stratum's faces are the window's faces it draws from
+# ("sample": a random share of the confident faces that are not violations). The last stratum,
+# "other", is reviews the queue did not serve (one image's page): shown, in no estimate.
+QUEUE_STRATA, OTHER = REVIEW_STRATA[:-1], REVIEW_STRATA[-1]
+_STRATA_COLUMNS = ("camera_id", *QUEUE_STRATA)
+_faces_t = Face.__table__
+_latest = LatestScoring.__table__
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,117 @@ class SiteFigures:
     def unreadable_spike(self) -> bool:
         """More unreadable frames than ``alert_unreadable_fraction`` of all frames."""
         return self.unreadable_fraction is not None and self.unreadable_fraction > self.unreadable_limit
+
+
+@dataclass(frozen=True)
+class StratumAgreement:
+    """One review stratum of a camera: its faces in the window, how many were reviewed, and how
+    many of those the reviewer gave the model's label."""
+
+    stratum: str
+    faces: int
+    reviewed: int
+    agreed: int
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.reviewed if self.reviewed else None
+
+
+@dataclass(frozen=True)
+class ReviewAgreement:
+    """A camera's reviews in the window and the model's agreement with its reviewers.
+
+    ``estimate`` is the stratified estimate of the model's accuracy on the camera's faces:
+    each stratum's agreement weighted by its share of the faces; ``None`` when a stratum with
+    faces has no review (``unreviewed`` names them). ``other_*`` are reviews the queue did
+    not serve from a stratum: shown, never in the estimate.
+    """
+
+    camera_id: str
+    reviewed: int
+    changed: int
+    not_face: int
+    strata: tuple[StratumAgreement, ...]
+    other_reviewed: int
+    other_agreed: int
+
+    @property
+    def faces(self) -> int:
+        return sum(s.faces for s in self.strata)
+
+    @property
+    def unreviewed(self) -> tuple[str, ...]:
+        return tuple(s.stratum for s in self.strata if s.faces and not s.reviewed)
+
+    @property
+    def estimate(self) -> float | None:
+        if not self.faces or self.unreviewed:
+            return None
+        return sum(s.faces * s.agreed / s.reviewed for s in self.strata if s.faces) / self.faces
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "faces": self.faces, "unreviewed": list(self.unreviewed), "estimate": self.estimate,
+                "strata": {s.stratum: {**asdict(s), "agreement": s.agreement} for s in self.strata}}
+
+
+def _agreement(camera_id: str, stats: list[CameraReviewStats], faces: Mapping[str, int]) -> ReviewAgreement:
+    """``stats`` (one camera's, or every camera's to pool them) and ``faces`` per stratum as one agreement."""
+    def total(name: str, stratum: str | None = None) -> int:
+        if stratum is None:
+            return sum(getattr(s, name) for s in stats)
+        return sum(getattr(s.strata[stratum], name) for s in stats if stratum in s.strata)
+
+    strata = tuple(StratumAgreement(h, int(faces.get(h, 0)), total("reviewed", h), total("agreed", h))
+                   for h in QUEUE_STRATA)
+    return ReviewAgreement(camera_id=camera_id, reviewed=total("reviewed"), changed=total("changed"),
+                           not_face=total("not_face"), strata=strata, other_reviewed=total("reviewed", OTHER),
+                           other_agreed=total("agreed", OTHER))
+
+
+def review_strata(conn: Connection, start: datetime, end: datetime, cameras: list[str],
+                  threshold: float) -> pd.DataFrame:
+    """The faces of ``cameras`` captured in ``[start, end)`` per review stratum, as the queue draws them.
+
+    By the model's label and confidence, every detected face of the scorings that count
+    (reviewed ones and those a reviewer marked not a face too: they were drawn from these):
+    ``uncertain`` below ``threshold``, else ``violation``, else ``sample``. One query grouped
+    by camera; columns camera_id and one per :data:`QUEUE_STRATA`.
+    """
+    if not cameras:
+        return pd.DataFrame(columns=list(_STRATA_COLUMNS))
+    uncertain = _faces_t.c.confidence < threshold
+    violation = sa.and_(~uncertain, _faces_t.c.label.in_(VIOLATIONS))
+    stmt = (sa.select(_latest.c.camera_id, sa.func.count(), sa.func.sum(sa.case((uncertain, 1), else_=0)),
+                      sa.func.sum(sa.case((violation, 1), else_=0)))
+            .select_from(_latest.join(_faces_t, _faces_t.c.image_id == _latest.c.image_id))
+            .where(*latest_where(start, end, None), _latest.c.camera_id.in_(cameras))
+            .group_by(_latest.c.camera_id)
+            .order_by(_latest.c.camera_id))
+    rows = [(camera, int(u), int(v), int(n - u - v)) for camera, n, u, v in conn.execute(stmt)]
+    return pd.DataFrame(rows, columns=list(_STRATA_COLUMNS))
+
+
+def review_agreement(engine: Engine, data: WindowData, start: datetime, end: datetime, camera: str | None,
+                     threshold: float) -> tuple[list[ReviewAgreement], ReviewAgreement | None]:
+    """Every reviewed camera's :class:`ReviewAgreement` in ``[start, end)`` (by camera id), and
+    all of them pooled: each stratum's reviews over the cameras, weighted by their faces.
+
+    ``data`` is the window's :func:`~maskjob.reporting.compliance_data.load_window`: without
+    reviewed faces (``data.reviewed``) nothing is read and the answer is ``([], None)``.
+    """
+    if not data.reviewed:
+        return [], None
+    start, end = to_naive_utc(start), to_naive_utc(end)
+    stats = review_stats(engine, start, end, camera=camera)
+    with engine.connect() as conn:
+        strata = review_strata(conn, start, end, sorted(s.camera_id for s in stats), threshold)
+    faces = strata.set_index("camera_id")[list(QUEUE_STRATA)].astype("int64")
+    cameras = [_agreement(s.camera_id, [s], faces.loc[s.camera_id].to_dict() if s.camera_id in faces.index else {})
+               for s in stats if s.reviewed]
+    if not cameras:
+        return [], None
+    return cameras, _agreement("all cameras", stats, faces.sum().to_dict())
 
 
 def registered_cameras(engine: Engine) -> dict[str, Camera]:

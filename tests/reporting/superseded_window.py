@@ -2,9 +2,12 @@
 
 This is ``maskjob.reporting.compliance_data.load_window`` as it was when it read the base
 tables: it marks the window's image rows that a later scoring of the same path superseded
-(a temp table) and aggregates ``images`` and ``faces`` excluding them. The derived-state
-version must give the same :class:`~maskjob.reporting.compliance_data.WindowData` for the
-same rows (tests/reporting/test_window_derived.py).
+(a temp table) and aggregates ``images`` and ``faces`` excluding them, with final labels
+(a face's ``reviewed_label``, else its model ``label``; not_a_face faces drop out). The
+derived-state version must give the same
+:class:`~maskjob.reporting.compliance_data.WindowData` for the same rows
+(tests/reporting/test_window_derived.py), and :func:`review_strata_superseded` the same faces
+per review stratum as :func:`maskjob.reporting.figures.review_strata`.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from maskjob.reporting.compliance_data import (
     _local_buckets,
     clean_reason,
 )
+from maskjob.reporting.figures import _STRATA_COLUMNS, QUEUE_STRATA
 from maskjob.storage.schema import Face, Image, ModelVersion
 
-__all__ = ["load_window_superseded"]
+__all__ = ["load_window_superseded", "review_strata_superseded"]
 
 _images = Image.__table__
 _faces_t = Face.__table__
@@ -41,6 +45,8 @@ _later = _images.alias("later")
 # Lives for one report's connection; rolled back (so dropped) when the connection closes.
 _superseded = sa.Table("maskjob_report_superseded", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
                        prefixes=["TEMPORARY"])
+_final = sa.case((_faces_t.c.reviewed_label.is_(None), _faces_t.c.label), else_=_faces_t.c.reviewed_label)
+_unreviewed = _faces_t.c.reviewed_label.is_(None)
 
 
 def _mark_superseded(conn: Connection, start: datetime, end: datetime, camera: str | None) -> bool:
@@ -112,24 +118,47 @@ def _frames(conn: Connection, prev_start: datetime, start: datetime, end: dateti
 
 def _faces(conn: Connection, prev_start: datetime, start: datetime, end: datetime, camera: str | None,
            superseded: bool, threshold: float) -> pd.DataFrame:
-    """Faces per label and below the review threshold, by (current window?, UTC hour, camera)."""
+    """Faces per final label, unreviewed below the review threshold, and reviewed (not a face too),
+    by (current window?, UTC hour, camera)."""
     current = sa.case((_images.c.captured_at >= start, 1), else_=0).label("current")
     bucket = _bucket(conn).label("bucket")
-    counts = [_count_if(_faces_t.c.label == label, label) for label in CLASSES]
+    counts = [_count_if(_final == label, label) for label in CLASSES]
+    unsure = _count_if(sa.and_(_faces_t.c.confidence < threshold, _unreviewed), "unsure")
     stmt = (
-        sa.select(current, bucket, _images.c.camera_id, *counts, _count_if(_faces_t.c.confidence < threshold, "unsure"))
+        sa.select(current, bucket, _images.c.camera_id, *counts, unsure, _count_if(~_unreviewed, "reviewed"))
         .select_from(_images.join(_faces_t, _faces_t.c.image_id == _images.c.id))
         .where(*_latest(prev_start, end, camera, superseded))
         .group_by(current, bucket, _images.c.camera_id)
     )
-    frame = pd.DataFrame(conn.execute(stmt).all(), columns=["current", "bucket", "camera_id", *CLASSES, "unsure"])
+    columns = ["current", "bucket", "camera_id", *CLASSES, "unsure", "reviewed"]
+    frame = pd.DataFrame(conn.execute(stmt).all(), columns=columns)
     frame["faces"] = frame[list(CLASSES)].sum(axis=1)
     return frame
 
 
 def _face_columns() -> list[sa.ColumnElement[Any]]:
     return [_images.c.camera_id, _images.c.path.label("image_path"), _images.c.captured_at,
-            *(_faces_t.c[name] for name in ("x1", "y1", "x2", "y2", "label", "confidence"))]
+            *(_faces_t.c[name] for name in ("x1", "y1", "x2", "y2")), _final.label("label"), _faces_t.c.confidence,
+            _faces_t.c.label.label("model_label"), sa.case((_unreviewed, 0), else_=1).label("reviewed")]
+
+
+def review_strata_superseded(engine: Engine, start: datetime, end: datetime, cameras: list[str],
+                             threshold: float) -> pd.DataFrame:
+    """Every detected face of ``cameras`` per review stratum, by the model's label and confidence."""
+    with engine.connect() as conn:
+        return _strata(conn, start, end, cameras, _mark_superseded(conn, start, end, None), threshold)
+
+
+def _strata(conn: Connection, start: datetime, end: datetime, cameras: list[str], superseded: bool,
+            threshold: float) -> pd.DataFrame:
+    rows = {camera: dict.fromkeys(QUEUE_STRATA, 0) for camera in cameras}
+    stmt = (sa.select(_images.c.camera_id, _faces_t.c.label, _faces_t.c.confidence)
+            .select_from(_images.join(_faces_t, _faces_t.c.image_id == _images.c.id))
+            .where(*_latest(start, end, None, superseded), _images.c.camera_id.in_(cameras)))
+    for camera_id, label, confidence in conn.execute(stmt):
+        rows[camera_id][QUEUE_STRATA[0 if confidence < threshold else 1 if label in VIOLATIONS else 2]] += 1
+    return pd.DataFrame([(camera, *counts.values()) for camera, counts in sorted(rows.items()) if any(counts.values())],
+                        columns=list(_STRATA_COLUMNS))
 
 
 def _gallery(conn: Connection, start: datetime, end: datetime, cameras: list[str], superseded: bool,
@@ -145,8 +174,9 @@ def _gallery(conn: Connection, start: datetime, end: datetime, cameras: list[str
         stmt = (
             sa.select(*_face_columns())
             .select_from(_images.join(_faces_t, _faces_t.c.image_id == _images.c.id))
-            .where(*_latest(start, end, camera, superseded), _faces_t.c.label.in_(VIOLATIONS))
-            .order_by(_faces_t.c.confidence.desc(), _faces_t.c.image_id, _faces_t.c.face_index)
+            .where(*_latest(start, end, camera, superseded), _final.in_(VIOLATIONS))
+            .order_by(sa.case((_unreviewed, _faces_t.c.confidence), else_=1.0).desc(), _faces_t.c.image_id,
+                      _faces_t.c.face_index)
             .limit(cap)
         )
         parts.append(pd.DataFrame(conn.execute(stmt).all(), columns=list(_FACE_COLUMNS)))
@@ -159,7 +189,7 @@ def _review(conn: Connection, start: datetime, end: datetime, camera: str | None
     stmt = (
         sa.select(*_face_columns())
         .select_from(_images.join(_faces_t, _faces_t.c.image_id == _images.c.id))
-        .where(*_latest(start, end, camera, superseded), _faces_t.c.confidence < threshold)
+        .where(*_latest(start, end, camera, superseded), _faces_t.c.confidence < threshold, _unreviewed)
         .order_by(_faces_t.c.confidence, _faces_t.c.image_id, _faces_t.c.face_index)
         .limit(cap)
     )
@@ -204,6 +234,9 @@ def load_window_superseded(
         superseded = _mark_superseded(conn, prev_start, end, camera)
         all_frames = _frames(conn, prev_start, start, end, camera, superseded)
         all_faces = _faces(conn, prev_start, start, end, camera, superseded, review_threshold)
+        reviewed = int(all_faces.loc[all_faces["current"] == 1, "reviewed"].sum())
+        # An hour whose faces were all marked not a face has none left (an unsure face is unreviewed).
+        all_faces = all_faces[all_faces["faces"] > 0].reset_index(drop=True)
         all_faces["bucket"] = _local_buckets(all_faces["bucket"], zone, hourly)
         faces, prev_faces = all_faces[all_faces["current"] == 1], all_faces[all_faces["current"] == 0]
         with_violations = faces.groupby("camera_id")[list(VIOLATIONS)].sum().sum(axis=1)
@@ -228,4 +261,5 @@ def load_window_superseded(
         gallery=gallery,
         review=review,
         review_total=int(faces["unsure"].sum()),
+        reviewed=reviewed,
     )

@@ -13,6 +13,8 @@ from tests.reporting.site_data import DAY as SITE_DAY
 from tests.reporting.site_data import build_site
 from tests.reporting.test_model_report import registered  # noqa: F401 (fixture)
 from tests.reporting.test_report import HOSTILE, _build
+from tests.reporting.test_report_reviews import build_site as build_reviewed_site
+from tests.reporting.test_report_reviews import review_all
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No network, no background services, no GPU: the page must stand on its own.
@@ -101,6 +103,25 @@ def test_site_report_shows_local_times_targets_and_delivery_sections(browser, se
     hall = page.locator('#cameras tr[data-camera="hall"] td').all_inner_texts()
     assert hall[5:] == ["50.0%", "95.0%", "-50.0 pts", "below target"]  # the evening before: 1 of 1 masked
     assert page.locator('#cameras [data-metric="camera_rate"].bad').count() == 2  # hall and walk-in
+
+
+def test_reviews_section_renders(browser, settings_factory, tmp_path: Path) -> None:
+    from maskjob.reporting.compliance import render_compliance_report
+
+    site = build_reviewed_site(f"sqlite:///{tmp_path / 'reviews.db'}", settings_factory, tmp_path)
+    review_all(site)
+    path = render_compliance_report(site.engine, site.settings, date(2026, 11, 24), date(2026, 11, 24),
+                                    out_dir=tmp_path)
+    site.engine.dispose()
+    page, seen = _open(browser, path, tmp_path / "reviews.png")
+    _assert_clean(seen)
+    assert page.locator("#reviews").is_visible() and page.locator("#agreement").is_visible()
+    rows = page.locator("#agreement tbody tr").all_inner_texts()
+    assert [r.split("\t")[0] for r in rows] == ["north", "south", "all cameras"]
+    assert rows[1].split("\t")[-1] == "n/a (no review of sample faces)"
+    assert page.locator("#gallery .tag.reviewed").count() == 2
+    assert page.locator("#gallery .tag.reviewed").first.is_visible()
+    assert all(i["complete"] and i["w"] > 0 for i in _images(page))
 
 
 def test_model_report_renders_offline(browser, registered, tiny_demo, tmp_path: Path) -> None:  # noqa: F811

@@ -148,6 +148,8 @@ def test_headline_numbers_match_the_rows(fixture_db: Fixture, tmp_path: Path) ->
     # reasons are grouped by cause, without the file path they started with
     assert re.search(rf"empty file \(0 bytes\)</td><td class=\"num\">{statuses.count('unreadable')}<", html)
     assert "mobilenet_v2-0002" in html and "cnn-0001" not in html
+    # No review yet: the Reviews section says so, and no face is marked reviewed.
+    assert 'data-metric="reviews_none"' in html and "data-reviewed" not in html
 
 
 def test_previous_window_comparison(fixture_db: Fixture, tmp_path: Path) -> None:
@@ -204,6 +206,24 @@ def test_gallery_is_capped_and_missing_frames_show_a_placeholder(fixture_db: Fix
     assert "(frame file missing)" not in gallery_of("cam-a")
     review = [f for f in faces if f[4] < fixture_db.settings.review_threshold]
     assert _metric(html, "review_total") == str(len(review))
+
+
+def test_a_hostile_camera_in_the_reviews_section_is_text(fixture_db: Fixture, tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from maskjob.storage.reviews import record_review
+    from maskjob.storage.schema import Face, LatestScoring
+
+    with fixture_db.engine.connect() as conn:
+        face_id = conn.execute(
+            sa.select(Face.id).join(LatestScoring, LatestScoring.image_id == Face.image_id)
+            .where(LatestScoring.camera_id == HOSTILE, LatestScoring.captured_at >= datetime(2026, 11, 24))
+            .order_by(Face.id).limit(1)).scalar_one()
+    record_review(fixture_db.engine, face_id, HOSTILE, "not_a_face", note=HOSTILE, stratum="sample")
+    html = _render(fixture_db, tmp_path)
+    assert HOSTILE not in html and "<script" not in html.lower()
+    assert 'data-review-camera="&lt;script&gt;alert(1)&lt;/script&gt;"' in html
+    assert _metric(html, "reviews_not_face") == "1"
 
 
 def _gallery_images(html: str) -> list[np.ndarray]:

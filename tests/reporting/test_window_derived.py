@@ -6,8 +6,10 @@ One database per test, on SQLite and PostgreSQL, written through the scorer's ow
 local day starts and ends mid-hour), a frame every 7 minutes over three days, scored by an
 old model, rescored by a newer one, a few scored last by another old model (a backfill), a
 frame whose newer unreadable scoring was deleted and written again (``--retry-unreadable``)
-and one whose newer scoring was deleted outright (the older one counts again). Every window
-is compared with :func:`tests.reporting.superseded_window.load_window_superseded`.
+and one whose newer scoring was deleted outright (the older one counts again). Then reviews
+(:mod:`maskjob.storage.reviews`): every label, not_a_face included, a face reviewed twice, undone
+reviews, a frame whose faces are all not a face, and a face of a superseded scoring. Every
+window is compared with :func:`tests.reporting.superseded_window.load_window_superseded`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from maskjob import CLASSES
+from maskjob.vocab import REVIEW_LABELS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -111,7 +114,34 @@ def _build(db_url: str) -> Db:
         conn.execute(sa.delete(schema.Image).where(
             schema.Image.model_version_id == versions["new"],
             schema.Image.path == _row(dropped, "new", versions, SCORED)["path"]))
+    _review(engine)
     return Db(engine, versions)
+
+
+def _review(engine: Any) -> None:
+    """Reviews of every sixth face that counts, through the storage API (its triggers and summaries)."""
+    from maskjob.storage.reviews import record_review, undo_review
+    from maskjob.storage.schema import Face, LatestScoring
+
+    with engine.connect() as conn:
+        counting = conn.execute(sa.select(Face.id, Face.image_id, LatestScoring.n_faces)
+                                .join(LatestScoring, LatestScoring.image_id == Face.image_id).order_by(Face.id)).all()
+        superseded = conn.execute(sa.select(sa.func.min(Face.id)).where(
+            Face.image_id.not_in(sa.select(LatestScoring.image_id)))).scalar_one()
+    now = SCORED + timedelta(days=4)
+    strata = ("uncertain", "violation", "sample", "other")
+    for i, (face_id, _, _) in enumerate(counting[::6]):
+        review_id = record_review(engine, face_id, "rita", REVIEW_LABELS[i % 4], stratum=strata[i % 4],
+                                  now=now + timedelta(minutes=i))
+        if i % 7 == 3:
+            undo_review(engine, review_id, "rita", now=now + timedelta(minutes=i, seconds=30))
+        if i % 5 == 1:  # reviewed again: the latest review wins
+            record_review(engine, face_id, "sam", REVIEW_LABELS[(i + 1) % 4], stratum=strata[i % 4],
+                          now=now + timedelta(minutes=i, seconds=40))
+    two_faced = next(image_id for _, image_id, n in counting if n == 2)
+    for face_id in (f for f, image_id, _ in counting if image_id == two_faced):
+        record_review(engine, face_id, "rita", "not_a_face", stratum="other", now=now + timedelta(hours=1))
+    record_review(engine, superseded, "rita", "not_a_face", now=now + timedelta(hours=2))
 
 
 @pytest.fixture
@@ -122,7 +152,7 @@ def db(db_url: str):
 
 
 def _assert_same(new: Any, old: Any) -> None:
-    for name in ("current", "previous", "status_counts", "review_total"):
+    for name in ("current", "previous", "status_counts", "review_total", "reviewed"):
         assert getattr(new, name) == getattr(old, name), name
     for name in ("cameras", "series", "reasons", "models", "gallery", "review"):
         pd.testing.assert_frame_equal(getattr(new, name), getattr(old, name), check_dtype=False, obj=name)
@@ -148,8 +178,27 @@ def test_window_equals_the_superseded_rows_implementation(db: Db, window: str) -
         kwargs = {"camera": camera, "gallery_cap": 3, "review_threshold": 0.7, "review_cap": 4, "zone": ZONE}
         new = load_window(db.engine, start, end, **kwargs)
         old = load_window_superseded(db.engine, start, end, **kwargs)
-        assert old.current.frames > 0
+        assert old.current.frames > 0 and old.reviewed > 0
         _assert_same(new, old)
+
+
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_review_strata_equal_the_superseded_rows_implementation(db: Db, window: str) -> None:
+    """The faces per review stratum that weight the agreement, and the reviews they weight."""
+    from maskjob.reporting.compliance_data import load_window
+    from maskjob.reporting.figures import review_strata
+    from maskjob.storage.reviews import review_stats
+    from tests.reporting.superseded_window import review_strata_superseded
+
+    start, end = WINDOWS[window]
+    stats = review_stats(db.engine, start, end)
+    assert sum(s.reviewed for s in stats) == load_window(db.engine, start, end).reviewed > 0
+    cameras = [s.camera_id for s in stats]
+    with db.engine.connect() as conn:
+        new = review_strata(conn, start, end, cameras, 0.7)
+    old = review_strata_superseded(db.engine, start, end, cameras, 0.7)
+    assert len(new) == len(cameras)
+    pd.testing.assert_frame_equal(new, old, check_dtype=False)
 
 
 def test_figures_window_equals_the_superseded_rows_implementation(db: Db) -> None:
