@@ -1,4 +1,4 @@
-"""The nightly face-mask compliance DAG: validate, maybe retrain, promote, score, report.
+"""The nightly face-mask compliance DAG: export reviews, validate, maybe retrain, promote, score, report.
 
 Wiring only: every step is a function in :mod:`maskjob.pipeline`, imported inside the task
 bodies so parsing stays fast (no torch, no model code at parse time: only Airflow's SDK,
@@ -60,21 +60,26 @@ COMPLIANCE_REPORT = Asset(
 DOC_MD = f"""
 ### Nightly face-mask compliance
 
-1. **validate_dataset**: layout, counts, unreadable files, train/test duplicates; a broken
+1. **export_corrections**: the faces reviewers labelled on the review page become crops in the
+   dataset (`train`, or the site test split `test_site`, by camera and local day), with
+   provenance; nothing to do without reviews. Validation runs even when it fails.
+2. **validate_dataset**: layout, counts, unreadable files, train/test duplicates; a broken
    dataset fails the run with the list of problems.
-2. **decide_training**: retrain when there is no champion, the dataset fingerprint changed
-   since the champion was trained, the champion is older than `retrain_max_age_days`, or
-   `force_retrain` is set; otherwise training is *skipped* and the run goes to scoring.
-3. **train_cnn** and **train_transfer** run in parallel.
-4. **register_and_promote** registers both candidates and applies the promotion rules.
-5. **wait_for_late_uploads** (a deferrable sensor) waits until `late_upload_grace_minutes`
+3. **decide_training**: retrain when there is no champion, the dataset fingerprint changed
+   since the champion was trained (new reviews change it), the champion is older than
+   `retrain_max_age_days`, or `force_retrain` is set; otherwise training is *skipped* and the
+   run goes to scoring.
+4. **train_cnn** and **train_transfer** run in parallel.
+5. **register_and_promote** registers both candidates and applies the promotion rules, ranking
+   on `test_site` once every class there has `site_split_min_per_class` faces.
+6. **wait_for_late_uploads** (a deferrable sensor) waits until `late_upload_grace_minutes`
    after the interval's end; training does not wait for it.
-6. **plan_scoring** lists the frames captured in the run's data interval and splits them
+7. **plan_scoring** lists the frames captured in the run's data interval and splits them
    into `shards`; **score_shard** is mapped over them (one task per shard, so a
    distributed executor spreads them over workers).
-7. **render_reports** renders the interval's compliance report (and the model report when
+8. **render_reports** renders the interval's compliance report (and the model report when
    training ran) and publishes the `{COMPLIANCE_REPORT.name}` asset.
-8. **alert_compliance** sends one message when a camera is below its target, a registered
+9. **alert_compliance** sends one message when a camera is below its target, a registered
    camera is silent, or unreadable frames exceed `alert_unreadable_fraction`.
 
 A run that fails (any task, after its retries) sends one failure message (the DAG's
@@ -219,6 +224,13 @@ def build_dag(alert_notifiers: Sequence[BaseNotifier] = ()) -> DAG:
     )
     def mask_compliance() -> None:
         @task
+        def export_corrections() -> dict[str, Any]:
+            from maskjob import pipeline
+
+            return pipeline.export_corrections(_config())
+
+        # all_done: a failed export (reported with the run) never stops the night's scoring.
+        @task(trigger_rule="all_done")
         def validate_dataset() -> dict[str, Any]:
             from maskjob import pipeline
 
@@ -293,7 +305,9 @@ def build_dag(alert_notifiers: Sequence[BaseNotifier] = ()) -> DAG:
             return send_compliance_alert(_config(), start, end, reports["compliance_report"],
                                          get_current_context(), extra_notifiers)
 
-        decision = decide_training(validate_dataset())
+        check = validate_dataset()
+        export_corrections() >> check
+        decision = decide_training(check)
         cnn, transfer = train_cnn(), train_transfer()
         decision >> [cnn, transfer]
         promotion = register_and_promote(cnn, transfer)

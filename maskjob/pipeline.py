@@ -24,6 +24,7 @@ from maskjob.errors import MaskjobError
 __all__ = [
     "database_url_from_connection",
     "decide_retrain",
+    "export_corrections",
     "plan_scoring",
     "register_and_promote",
     "render_reports",
@@ -76,6 +77,29 @@ def _utc(iso: str) -> datetime:
     return to_naive_utc(datetime.fromisoformat(iso))
 
 
+def export_corrections(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Export the reviewed faces into the training dataset (:mod:`maskjob.review.export`).
+
+    Runs before :func:`validate_dataset`, so the check and the fingerprint see the crops: new
+    or changed reviews change the fingerprint and the run retrains. A database without reviews
+    exports nothing; a frame that cannot be read is listed under ``bad``, never an error. Also
+    brings the database schema to head, as the first step that touches the database.
+
+    Returns:
+        :meth:`maskjob.review.export.ExportResult.to_dict` (counts per split and label, written,
+        removed, bad).
+    """
+    from maskjob.review.export import export_corrections as export
+    from maskjob.storage.database import database, upgrade
+
+    settings = run_settings(config)
+    upgrade(settings.database_url, settings=settings)
+    with database(settings.database_url) as engine:
+        result = export(engine, settings)
+    logger.info("%s", result.format_text())
+    return result.to_dict()
+
+
 def validate_dataset(config: Mapping[str, Any]) -> dict[str, Any]:
     """Check the training dataset and fingerprint it.
 
@@ -106,9 +130,9 @@ def decide_retrain(
     """Decide whether this run trains new candidates.
 
     Retrain when forced, when there is no champion, when the dataset fingerprint differs from
-    the one the champion was trained on, or when the champion is older than
-    ``retrain_max_age_days`` at ``now`` (ISO time; default the current time). Also brings the
-    database schema to head, as the first step that touches the database.
+    the one the champion was trained on (exported reviews change it), or when the champion is
+    older than ``retrain_max_age_days`` at ``now`` (ISO time; default the current time). Also
+    brings the database schema to head (idempotent: in the DAG, :func:`export_corrections` did first).
 
     Returns:
         ``{"retrain": bool, "reason": str, "champion": version or None}``.
@@ -166,7 +190,8 @@ def train_candidate(arch: str, config: Mapping[str, Any], *, image_size: int | N
 
 
 def register_and_promote(config: Mapping[str, Any], checkpoint_paths: list[str]) -> dict[str, Any]:
-    """Register the candidates, then apply the promotion rules.
+    """Register the candidates, then apply the promotion rules (on test, and on test_site once
+    it holds ``site_split_min_per_class`` faces of every class: :mod:`maskjob.storage.registry`).
 
     Returns:
         ``{"registered": [versions], "promoted": version or None, "champion": version or None,

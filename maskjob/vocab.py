@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "ARCHS", "CLASSES", "CLASS_COLOURS", "CUSTOM_ARCHS", "DEFAULT_MAX_IMAGE_PIXELS", "DETECTORS", "IMAGE_EXTENSIONS",
-    "IMAGE_STATUSES", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "MODEL_STATUSES", "NOT_A_FACE", "REVIEW_LABELS",
-    "REVIEW_ROLES", "RUN_STATUSES", "SITE_TEST_SPLIT", "TRANSFER_ARCHS", "VIOLATIONS", "class_colour_hex", "slug",
+    "ALL_SPLITS", "ARCHS", "CLASSES", "CLASS_COLOURS", "CUSTOM_ARCHS", "DEFAULT_MAX_IMAGE_PIXELS", "DETECTORS",
+    "IMAGE_EXTENSIONS", "IMAGE_STATUSES", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "MODEL_STATUSES", "NOT_A_FACE",
+    "OPTIONAL_SPLITS", "REVIEW_LABELS", "REVIEW_ROLES", "RUN_STATUSES", "SITE_TEST_SPLIT", "SPLITS", "TRANSFER_ARCHS",
+    "VIOLATIONS", "class_colour_hex", "slug",
 ]
 
 # The canonical class order everywhere: model outputs, probability columns, confusion matrices.
@@ -50,11 +51,16 @@ IMAGE_STATUSES: tuple[str, ...] = ("ok", "no_face", "unreadable")
 # error: the face drops out of every count and never becomes training data).
 NOT_A_FACE = "not_a_face"
 REVIEW_LABELS: tuple[str, ...] = CLASSES + (NOT_A_FACE,)
-# Review page roles, least to most: viewers read (faces blurred), reviewers also decide, admins
-# also see identities and manage users.
+# Review page roles, least to most: viewers read (faces blurred when blur_faces is on),
+# reviewers also decide (identities visible), admins as reviewers (users are managed with
+# `maskjob review user`).
 REVIEW_ROLES: tuple[str, ...] = ("viewer", "reviewer", "admin")
-# The dataset split that holds reviewed site faces kept out of training (the gate's site split).
+# The dataset's splits: train and test are required; test_site holds reviewed site faces kept
+# out of training (the gate's site split) and may be absent, as may any of its class folders.
 SITE_TEST_SPLIT = "test_site"
+SPLITS: tuple[str, ...] = ("train", "test")
+OPTIONAL_SPLITS: tuple[str, ...] = (SITE_TEST_SPLIT,)
+ALL_SPLITS: tuple[str, ...] = SPLITS + OPTIONAL_SPLITS
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 # Larger images are refused before decoding (decompression bombs); setting max_image_pixels.

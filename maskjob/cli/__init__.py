@@ -30,6 +30,8 @@ COMMAND_MODULES = (
     "maskjob.cli.run_cmds",
     "maskjob.cli.cameras_cmds",
     "maskjob.cli.ingest_cmds",
+    "maskjob.cli.review_cmds",
+    "maskjob.cli.corrections_cmds",
 )
 
 

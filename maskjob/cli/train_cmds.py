@@ -8,7 +8,7 @@ import sys
 
 from maskjob.cli import settings_from_args
 from maskjob.errors import MaskjobError
-from maskjob.vocab import ARCHS, TRANSFER_ARCHS
+from maskjob.vocab import ALL_SPLITS, ARCHS, TRANSFER_ARCHS
 
 __all__ = ["add_commands"]
 
@@ -99,7 +99,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", metavar="ROOT",
                           help="dataset root holding <split>/{with_mask,without_mask,partial_mask}/ "
                                "(default: settings.dataset_root)")
-    evaluate.add_argument("--split", default="test", choices=("test", "train"), help="split to score (default: test)")
+    evaluate.add_argument("--split", default="test", choices=ALL_SPLITS, help="split to score (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--predictions", action="store_true", help="include the per-image predictions")
     evaluate.set_defaults(func=_evaluate)

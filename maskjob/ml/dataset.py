@@ -1,7 +1,11 @@
 """The labelled dataset on disk: layout checks, a data-quality report and a content fingerprint.
 
 Layout: ``<root>/{train,test}/{with_mask,without_mask,partial_mask}/*.{jpg,png,...}``; evaluation
-needs only the split it scores (``scan_dataset(root, splits=("test",))``).
+needs only the split it scores (``scan_dataset(root, splits=("test",))``). An optional third split,
+``test_site`` (:data:`maskjob.vocab.SITE_TEST_SPLIT`), holds reviewed faces of the site's own cameras
+kept out of training (written by :mod:`maskjob.review.export`); it may be absent, and a class
+folder of it may be missing or empty. When present it is scanned, checked and fingerprinted
+with the others, so exporting corrections changes the fingerprint and the next run retrains.
 
 Example:
     >>> index = scan_dataset("data/dataset")            # doctest: +SKIP
@@ -30,11 +34,14 @@ from maskjob.imageio import (
     sha256_bytes,
     sha256_file,
 )
+from maskjob.vocab import ALL_SPLITS, OPTIONAL_SPLITS, SPLITS
 
-__all__ = ["SPLITS", "DataCheck", "DatasetIndex", "check_dataset", "dataset_fingerprint", "scan_dataset"]
+__all__ = [
+    "ALL_SPLITS", "OPTIONAL_SPLITS", "SPLITS", "DataCheck", "DatasetIndex", "check_dataset", "dataset_fingerprint",
+    "scan_dataset", "split_counts",
+]
 
 
-SPLITS: tuple[str, ...] = ("train", "test")
 
 
 IMBALANCE_WARN_RATIO = 3.0
@@ -105,56 +112,76 @@ class DatasetIndex:
         return out
 
 
-def scan_dataset(root: str | Path, splits: Sequence[str] = SPLITS) -> DatasetIndex:
+def scan_dataset(root: str | Path, splits: Sequence[str] | None = None) -> DatasetIndex:
     """List the dataset's images, checking the layout.
 
     Args:
         root: the dataset root.
-        splits: the splits that must be there and are listed (default: train and test);
-            ``("test",)`` accepts a folder that holds only ``test/`` (evaluation).
+        splits: the splits to list; each named one must be there. Default: train and test,
+            plus ``test_site`` when its folder exists. ``("test",)`` accepts a folder that
+            holds only ``test/`` (evaluation).
 
     Returns:
         The index of those splits.
 
     Raises:
         MaskjobError: root missing, a split missing, an unknown class folder, or a class
-            folder without images; the message shows the expected layout.
+            folder without images (allowed in ``test_site``); the message shows the expected layout.
     """
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)
-    unknown_splits = [s for s in splits if s not in SPLITS]
-    if unknown_splits or not splits:
-        raise MaskjobError(f"unknown split(s) {unknown_splits or list(splits)}; choose from {list(SPLITS)}")
+    if splits is None:
+        required: tuple[str, ...] = SPLITS
+        wanted = ALL_SPLITS
+    else:
+        required = wanted = (splits,) if isinstance(splits, str) else tuple(splits)
+    unknown_splits = [s for s in wanted if s not in ALL_SPLITS]
+    if unknown_splits or not wanted:
+        raise MaskjobError(f"unknown split(s) {unknown_splits or list(wanted)}; choose from {list(ALL_SPLITS)}")
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise MaskjobError(f"dataset root {root} does not exist or is not a directory; {_layout_help(root, splits)}")
+        raise MaskjobError(f"dataset root {root} does not exist or is not a directory; {_layout_help(root, required)}")
     index: dict[str, list[Item]] = {}
-    for split in splits:
+    for split in wanted:
         split_dir = root / split
         if not split_dir.is_dir():
-            raise _missing_split(root, split, splits)
+            if split not in required:
+                continue
+            raise _missing_split(root, split, required)
         folders = {p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
         unknown = sorted(folders - set(CLASSES))
         if unknown:
             raise MaskjobError(
                 f"dataset {split_dir} has unknown class folders {unknown}; the classes are {list(CLASSES)}. "
-                f"Rename or move them; {_layout_help(root, splits)}"
+                f"Rename or move them; {_layout_help(root, required)}"
             )
         items: list[Item] = []
         for label, name in enumerate(CLASSES):
             class_dir = split_dir / name
             files = _class_images(class_dir) if class_dir.is_dir() else []
-            if not files:
+            if not files and split not in OPTIONAL_SPLITS:
                 state = "has no images" if class_dir.is_dir() else "is missing"
-                raise MaskjobError(f"dataset class folder {class_dir} {state}; {_layout_help(root, splits)}")
+                raise MaskjobError(f"dataset class folder {class_dir} {state}; {_layout_help(root, required)}")
             items.extend((p, label) for p in files)
         index[split] = items
     return DatasetIndex(root=root, splits=index)
 
 
+def split_counts(root: str | Path, split: str) -> dict[str, int] | None:
+    """Images per class in one split of ``root``, or ``None`` when the split's folder is absent.
+
+    Raises:
+        MaskjobError: as :func:`scan_dataset` for that split.
+    """
+    if not (Path(root).expanduser() / split).is_dir():
+        return None
+    return scan_dataset(root, splits=(split,)).counts()[split]
+
+
 @dataclass
 class DataCheck:
     """What :func:`check_dataset` found. ``ok`` is False when any image is unreadable or the
-    same image content is in both train and test (leakage)."""
+    same image content is in train and in a test split (leakage). ``counts`` has a ``test_site``
+    entry when that split is present; ``imbalance`` covers train and test only (a site's faces
+    are as imbalanced as its cameras see them)."""
 
     root: Path
     counts: dict[str, dict[str, int]]
@@ -182,17 +209,21 @@ class DataCheck:
     def format_text(self) -> str:
         """A readable report: counts table, imbalance, then the problems."""
         width = max(len(c) for c in CLASSES) + 2
-        lines = [f"dataset {self.root}", f"{'class':<{width}}" + "".join(f"{s:>8}" for s in SPLITS)]
+        splits = [s for s in ALL_SPLITS if s in self.counts]
+        cell = max(8, *(len(s) + 2 for s in splits))
+        lines = [f"dataset {self.root}", f"{'class':<{width}}" + "".join(f"{s:>{cell}}" for s in splits)]
         for name in CLASSES:
-            lines.append(f"{name:<{width}}" + "".join(f"{self.counts[s][name]:>8}" for s in SPLITS))
-        lines.append(f"{'total':<{width}}" + "".join(f"{sum(self.counts[s].values()):>8}" for s in SPLITS))
+            lines.append(f"{name:<{width}}" + "".join(f"{self.counts[s][name]:>{cell}}" for s in splits))
+        lines.append(f"{'total':<{width}}" + "".join(f"{sum(self.counts[s].values()):>{cell}}" for s in splits))
         lines.append(
             "imbalance (max/min): " + ", ".join(f"{s} {self.imbalance[s]:.2f}" for s in SPLITS)
         )
         lines.append(f"unreadable files: {len(self.unreadable)}")
         lines += [f"  {u['path']}: {u['reason']}" for u in self.unreadable]
-        lines.append(f"images in both train and test: {len(self.duplicates)}")
-        lines += [f"  {d['sha256'][:12]}: {', '.join(d['train'] + d['test'])}" for d in self.duplicates]
+        held_out = " or ".join(s for s in splits if s != "train")
+        lines.append(f"images in both train and {held_out}: {len(self.duplicates)}")
+        lines += [f"  {d['sha256'][:12]}: {', '.join(p for s in splits for p in d.get(s, []))}"
+                  for d in self.duplicates]
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append("OK" if self.ok else "PROBLEMS FOUND")
         return "\n".join(lines)
@@ -205,7 +236,7 @@ def _reason(exc: MaskjobError, path: Path) -> str:
 
 
 def check_dataset(root: str | Path, max_pixels: int) -> DataCheck:
-    """Check a dataset: counts, class imbalance, unreadable files, train/test duplicates.
+    """Check a dataset: counts, class imbalance, unreadable files, duplicates across splits.
 
     Args:
         root: the dataset root.
@@ -219,9 +250,9 @@ def check_dataset(root: str | Path, max_pixels: int) -> DataCheck:
     """
     index = scan_dataset(root)
     counts = index.counts()
-    imbalance = {s: max(c.values()) / max(min(c.values()), 1) for s, c in counts.items()}
+    imbalance = {s: max(c.values()) / max(min(c.values()), 1) for s, c in counts.items() if s in SPLITS}
     unreadable: list[dict[str, str]] = []
-    by_hash: dict[str, dict[str, list[str]]] = defaultdict(lambda: {s: [] for s in SPLITS})
+    by_hash: dict[str, dict[str, list[str]]] = defaultdict(lambda: {s: [] for s in index.splits})
     content: list[tuple[str, str]] = []
     all_read = True
     for split, items in index.splits.items():
@@ -243,10 +274,11 @@ def check_dataset(root: str | Path, max_pixels: int) -> DataCheck:
                                    else _reason(exc, path)})
                 continue
             by_hash[digest][split].append(rel)
+    held_out = [s for s in index.splits if s != "train"]
     duplicates = [
-        {"sha256": digest, "train": where["train"], "test": where["test"]}
+        {"sha256": digest, **where}
         for digest, where in sorted(by_hash.items())
-        if where["train"] and where["test"]
+        if where["train"] and any(where[s] for s in held_out)
     ]
     warnings = [
         f"{s} classes are imbalanced (largest/smallest = {r:.2f} > {IMBALANCE_WARN_RATIO})"
@@ -258,7 +290,7 @@ def check_dataset(root: str | Path, max_pixels: int) -> DataCheck:
 
 
 def dataset_fingerprint(root: str | Path) -> str:
-    """sha256 over the sorted ``(split/class/name, content sha256)`` of every image.
+    """sha256 over the sorted ``(split/class/name, content sha256)`` of every image (``test_site`` included).
 
     Args:
         root: the dataset root.

@@ -22,7 +22,7 @@ from maskjob import CLASSES
 from maskjob.config import Settings, load_settings
 from maskjob.errors import MaskjobError
 from maskjob.ml.checkpoint import load_classifier
-from maskjob.ml.dataset import SPLITS, scan_dataset
+from maskjob.ml.dataset import ALL_SPLITS, scan_dataset
 from maskjob.ml.loaders import decode_images
 
 __all__ = ["classification_metrics", "evaluate_checkpoint", "format_report", "predict_loader"]
@@ -95,15 +95,15 @@ def evaluate_checkpoint(
     Args:
         ckpt_path: the checkpoint.
         data_root: the dataset root; only ``<data_root>/<split>/<class>/`` must exist.
-        split: ``test`` or ``train``.
+        split: ``test``, ``train`` or ``test_site`` (the reviewed site faces, when exported).
         settings: ``batch_size`` and ``max_image_pixels`` (default: loaded settings).
 
     Returns:
         :func:`classification_metrics` plus ``arch``, ``split``, ``checkpoint``,
         ``n_unreadable`` and ``predictions`` (``{path, true, pred, probs}`` per image).
     """
-    if split not in SPLITS:
-        raise MaskjobError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+    if split not in ALL_SPLITS:
+        raise MaskjobError(f"unknown split {split!r}; choose one of {list(ALL_SPLITS)}")
     settings = settings or load_settings()
     classifier = load_classifier(ckpt_path)
     index = scan_dataset(data_root, splits=(split,))  # only that split need be there

@@ -1,7 +1,8 @@
 """The model report: the custom CNN and the transfer model side by side, and inside them.
 
 Per model: training curves, confusion matrix, per-class precision/recall/F1, the promotion
-decision, first-layer filters, early/middle/late feature maps of the same sample faces,
+decision, the site split's scores beside the test split's when promotion scored it
+(``test_site``: reviewed faces of this site's cameras, :mod:`maskjob.review.export`), first-layer filters, early/middle/late feature maps of the same sample faces,
 Grad-CAM for correct and wrong predictions of each class, and the most confidently wrong
 test images. One self-contained HTML file, like the compliance report.
 
@@ -33,7 +34,7 @@ from maskjob.reporting.compliance_data import clean_reason
 from maskjob.reporting.render import CHART_RC, figure_data_uri, png_data_uri, template_environment
 from maskjob.storage.database import session
 from maskjob.storage.schema import ModelVersion, PromotionDecision
-from maskjob.vocab import CUSTOM_ARCHS, slug
+from maskjob.vocab import CUSTOM_ARCHS, SITE_TEST_SPLIT, slug
 
 __all__ = ["render_model_report", "pick_versions", "family"]
 
@@ -91,6 +92,20 @@ def _decision(engine: Engine, mv: ModelVersion) -> dict[str, Any] | None:
             "champion_f1": row.champion_macro_f1,
             "champion_before": before.version if before else None,
         }
+
+
+def _site_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The test_site evaluation promotion stored (``metrics["splits"]["test_site"]``), or ``None``."""
+    splits = metrics.get("splits")
+    site = splits.get(SITE_TEST_SPLIT) if isinstance(splits, dict) else None
+    if not isinstance(site, dict):
+        return None
+    per_class = site.get("per_class") if isinstance(site.get("per_class"), dict) else {}
+    return {
+        "split": SITE_TEST_SPLIT, "macro_f1": site.get("macro_f1"), "accuracy": site.get("accuracy"),
+        "n_images": site.get("n_images"), "evaluated_at": str(site.get("evaluated_at") or "")[:16].replace("T", " "),
+        "per_class": [{"name": c, **per_class[c]} for c in CLASSES if isinstance(per_class.get(c), dict)],
+    }
 
 
 def _curves_chart(history: Sequence[dict[str, Any]]) -> tuple[str, tuple[int, int]] | None:
@@ -234,6 +249,7 @@ def _model_section(engine: Engine, settings: Settings, mv: ModelVersion,
         "accuracy": (mv.metrics or {}).get("accuracy"), "decision_reason": mv.decision_reason,
         "checkpoint": Path(mv.checkpoint_path).name, "decision": _decision(engine, mv),
         "problems": [], "curves": None, "confusion": None, "per_class": [], "inside": None,
+        "site": _site_scores(dict(mv.metrics or {})),
     }
     metrics = dict(mv.metrics or {})
     try:

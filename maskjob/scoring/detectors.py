@@ -313,6 +313,12 @@ DETECTORS: dict[str, Callable[[Settings], FaceDetector]] = {
 }
 
 
+# Each registered detector's crop scale, without building it (the corrections export cuts its
+# training crops as the scorer does).
+CROP_SCALES: dict[str, float] = {"res10": Res10.crop_scale, "mtcnn": Mtcnn.crop_scale,
+                                 "ultralight": UltraLight.crop_scale}
+
+
 def create_detector(name: str, settings: Settings) -> FaceDetector:
     """Build the detector registered as ``name`` (see :data:`DETECTORS`).
 

@@ -250,3 +250,31 @@ def test_check_fingerprint_equals_dataset_fingerprint(tmp_path):
     assert check.fingerprint == dataset_fingerprint(root)
     (root / "test" / "partial_mask" / "a.png").write_bytes(b"edited")
     assert check_dataset(root, max_pixels=10_000_000).fingerprint != check.fingerprint
+
+
+def test_site_split_is_optional_and_scanned_checked_and_fingerprinted(synthetic_dataset):
+    root = synthetic_dataset(n_train=3, n_test=2)
+    without = dataset_fingerprint(root)
+    assert "test_site" not in scan_dataset(root).splits and "test_site" not in check_dataset(root, MAX_PIXELS).counts
+    site = root / "test_site" / "without_mask"
+    site.mkdir(parents=True)  # the other class folders missing, this one empty: still fine
+    assert scan_dataset(root).counts()["test_site"] == {name: 0 for name in CLASSES}
+    Image.new("RGB", (24, 24), (200, 10, 10)).save(site / "site-1-gate-2026-11-20.png")
+    index = scan_dataset(root)
+    assert [p.name for p, _ in index.splits["test_site"]] == ["site-1-gate-2026-11-20.png"]
+    assert scan_dataset(root, splits=("test_site",)).counts() == {"test_site": {**{c: 0 for c in CLASSES},
+                                                                                "without_mask": 1}}
+    report = check_dataset(root, MAX_PIXELS)
+    assert report.ok and report.counts["test_site"]["without_mask"] == 1 and "test_site" not in report.imbalance
+    assert "test_site" in report.format_text().splitlines()[1]
+    assert report.fingerprint == dataset_fingerprint(root) != without
+
+    # The same picture in train and in the site split is leakage, as between train and test.
+    shutil.copy(site / "site-1-gate-2026-11-20.png", root / "train" / "without_mask" / "copy.png")
+    leaked = check_dataset(root, MAX_PIXELS)
+    assert not leaked.ok and leaked.duplicates[0]["test_site"] == ["test_site/without_mask/site-1-gate-2026-11-20.png"]
+    assert "test_site/without_mask/site-1-gate-2026-11-20.png" in leaked.format_text()
+
+    (root / "test_site" / "sunglasses").mkdir()
+    with pytest.raises(MaskjobError, match=r"unknown class folders \['sunglasses'\]"):
+        scan_dataset(root)

@@ -85,10 +85,26 @@ def test_one_version_and_errors(registered, tiny_demo, tmp_path: Path) -> None:
     from maskjob.reporting.model_report import render_model_report
     from maskjob.storage import database
 
+    from maskjob.storage import schema
+
     engine, versions = registered
     only = versions["mobilenet_v2"].version
     html = render_model_report(engine, tiny_demo.settings, version=only, out_dir=tmp_path).read_text(encoding="utf-8")
     assert f'data-version="{only}"' in html and versions["cnn"].version not in html
+    assert 'data-metric="site_macro_f1"' not in html  # promotion scored no site split
+
+    # Scored on the site split by a promotion: its figures stand beside the test split's.
+    site = {"macro_f1": 0.4321, "accuracy": 0.5, "n_images": 66, "evaluated_at": "2026-12-08T02:00:00+00:00",
+            "per_class": {c: {"precision": 0.25, "recall": 0.125, "f1": 0.1667, "support": 22} for c in CLASSES}}
+    with database.session(engine) as s:
+        mv = s.get(schema.ModelVersion, versions["cnn"].id)
+        mv.metrics = {**mv.metrics, "splits": {"test_site": site}}
+    html = render_model_report(engine, tiny_demo.settings, version=versions["cnn"].version,
+                               out_dir=tmp_path).read_text(encoding="utf-8")
+    assert 'data-metric="site_macro_f1">0.432<' in html and "66 reviewed faces" in html
+    site_rows = re.findall(r'<tr data-site-class="(\w+)">.*?<td class="num">([\d.]+)</td><td class="num">([\d.]+)</td>'
+                           r'<td class="num">([\d.]+)</td><td class="num">(\d+)</td>', html, flags=re.S)
+    assert site_rows == [(c, "0.250", "0.125", "0.167", "22") for c in CLASSES]
     with pytest.raises(MaskjobError, match="not registered"):
         render_model_report(engine, tiny_demo.settings, version="nope", out_dir=tmp_path)
     url = f"sqlite:///{tmp_path / 'empty.db'}"

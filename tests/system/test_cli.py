@@ -187,7 +187,7 @@ def test_maskjob_run_prints_one_line_per_task_then_the_answer_and_names_its_log(
     assert _log_lines(done.stdout) == [] and _log_lines(done.stderr) == [], done.stderr[-3000:]
 
     tasks = _task_lines(done.stdout)
-    assert set(tasks) == {"validate_dataset", "decide_training", "train_cnn", "train_transfer",
+    assert set(tasks) == {"export_corrections", "validate_dataset", "decide_training", "train_cnn", "train_transfer",
                           "register_and_promote", "plan_scoring", "score_shard[0]", "score_shard[1]",
                           "render_reports", "wait_for_late_uploads", "alert_compliance"}
     assert {name: m["state"] for name, m in tasks.items() if m["state"] != "success"} == {
@@ -195,7 +195,7 @@ def test_maskjob_run_prints_one_line_per_task_then_the_answer_and_names_its_log(
     assert all(m["seconds"] for m in tasks.values() if m["state"] == "success")
     # Each task once, in the order they finished: the compliance alert last.
     task_rows = [i for i, line in enumerate(lines) if TASK_LINE.match(line)]
-    assert len(task_rows) == 11 and task_rows == list(range(task_rows[0], task_rows[0] + 11))
+    assert len(task_rows) == 12 and task_rows == list(range(task_rows[0], task_rows[0] + 12))
     assert lines[task_rows[-1]].startswith("  alert_compliance success")
 
     # Then the answer: the run, the day's table, where everything is.
@@ -228,10 +228,12 @@ def test_maskjob_run_shows_why_a_task_failed_and_keeps_the_log(tiny_demo, tmp_pa
     assert tasks["validate_dataset"]["state"] == "failed"
     assert "is broken" in tasks["validate_dataset"].group(0)
     assert "test/partial_mask/empty.jpg: empty file (0 bytes)" in done.stdout
-    # The grace sensor does not depend on the dataset; everything else downstream never ran.
+    # The export (upstream) and the grace sensor do not depend on the dataset; everything else
+    # downstream never ran.
+    assert tasks["export_corrections"]["state"] == "success"
     assert tasks["wait_for_late_uploads"]["state"] == "success"
     assert {m["state"] for name, m in tasks.items()
-            if name not in {"validate_dataset", "wait_for_late_uploads"}} == {"upstream_failed"}
+            if name not in {"export_corrections", "validate_dataset", "wait_for_late_uploads"}} == {"upstream_failed"}
     assert "maskjob: error: the DAG run failed at validate_dataset" in done.stderr
     log = Path(done.stdout.splitlines()[-1].split("full log: ", 1)[1])
     assert log.is_file() and "empty.jpg" in log.read_text(encoding="utf-8")

@@ -1,5 +1,6 @@
 """Whole DAG runs in-process (``dag.test()``) on the tiny demo: train, promote, score, report,
-skip training when nothing changed, re-run idempotently, and fail on a broken dataset."""
+skip training when nothing changed, re-run idempotently, retrain on exported reviews and rank
+on the site split, and fail on a broken dataset."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ BROKEN_LOGICAL_DATE = datetime(2026, 11, 21, tzinfo=UTC)
 ALERTED_BROKEN_LOGICAL_DATE = datetime(2026, 11, 19, tzinfo=UTC)
 ALERT_TO = "safety@site.example"
 POSTGRES_LOGICAL_DATE = datetime(2026, 11, 25, 1, tzinfo=UTC)  # its interval still holds all of DAY
+REVIEWS_LOGICAL_DATE = datetime(2026, 11, 23, tzinfo=UTC)
 
 # The tasks run in this process and read maskjob settings from the environment: reuse the
 # fetched assets and weights, and let a 1-epoch model pass the promotion bars.
@@ -236,6 +238,42 @@ def test_retrain_decision_follows_fingerprint_age_and_force(workspace, rerun, ti
     assert decide_retrain(conf, fingerprint, force=True)["retrain"] is True
 
 
+def test_reviews_are_exported_retrain_and_rank_promotion_on_the_site_split(airflow_dag, workspace, rerun, tiny_demo,
+                                                                           tmp_path, monkeypatch):
+    """Reviewed faces in the database: the run exports them (test_site only here), sees the
+    changed fingerprint, retrains, and the promotion decision ranks on test_site."""
+    from maskjob.storage.reviews import record_review
+
+    dataset, db = tmp_path / "dataset", tmp_path / "maskjob.db"
+    shutil.copytree(tiny_demo.root, dataset)  # same fingerprint as the champion's dataset
+    shutil.copy(workspace["data_dir"] / "maskjob.db", db)
+    url = f"sqlite:///{db}"
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        face_ids = conn.execute(sa.text(
+            "SELECT f.id FROM faces f JOIN latest_scorings l ON l.image_id = f.image_id ORDER BY f.id")).scalars().all()
+    assert len(face_ids) >= 3
+    labels = ("with_mask", "without_mask", "partial_mask")
+    for i, face_id in enumerate(face_ids):
+        record_review(engine, face_id, "ana", labels[i % 3])
+    engine.dispose()
+    monkeypatch.setenv("MASKJOB_SITE_TEST_FRACTION", "1.0")  # every (camera, day) group held out
+    monkeypatch.setenv("MASKJOB_SITE_SPLIT_MIN_PER_CLASS", "1")
+
+    run = airflow_dag(REVIEWS_LOGICAL_DATE, {**workspace["conf"], "dataset_root": str(dataset), "database_url": url})
+    states = _states(run)
+    assert run.state == "success", states
+    exported = _xcom(run, "export_corrections")
+    assert exported["written"] == exported["total"] == len(face_ids) and exported["bad"] == []
+    assert sum(exported["counts"]["test_site"].values()) == len(face_ids)
+    assert (dataset / "site_provenance.jsonl").is_file()
+    assert _xcom(run, "validate_dataset")["counts"]["test_site"] == exported["counts"]["test_site"]
+    assert states["train_cnn"] == states["train_transfer"] == ["success"]
+    decisions = _xcom(run, "register_and_promote")["decisions"]
+    assert decisions and all(d["ranked_on"] == "test_site" for d in decisions), decisions
+    assert any("test_site macro-F1" in d["reason"] and "(test " in d["reason"] for d in decisions), decisions
+
+
 @pytest.mark.postgres
 def test_run_writes_to_postgres_named_by_an_airflow_connection(airflow_dag, workspace, rerun, tiny_demo, pg_url,
                                                                monkeypatch):
@@ -334,8 +372,10 @@ def test_broken_dataset_fails_the_validation_task_with_its_message(airflow_dag, 
     states = _states(run)
     assert run.state == "failed"
     assert states["validate_dataset"] == ["failed"]
-    # The grace sensor does not depend on the dataset; everything downstream of validation stops.
+    # The grace sensor does not depend on the dataset, nor the export before validation
+    # (nothing to export); everything downstream of validation stops.
     assert states.pop("wait_for_late_uploads") == ["success"]
+    assert states.pop("export_corrections") == ["success"]
     assert all(s == ["upstream_failed"] for t, s in states.items() if t != "validate_dataset"), states
     out = capfd.readouterr()
     log = out.out + out.err
