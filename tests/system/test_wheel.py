@@ -29,7 +29,7 @@ from tests.fixtures.wheel import run as _run
 # What the build reads: the package, the folders mapped into it, and the project metadata.
 # Mapped data packages: (package, repository folder, files the wheel must hold from it).
 DATA_PACKAGES = (
-    ("maskjob.templates", "templates", ("*.html",)),
+    ("maskjob.templates", "templates", ("*.html", "review/*.html")),
     ("maskjob.migrations", "alembic", ("env.py", "script.py.mako", "versions/*.py")),
     ("maskjob.dags", "dags", ("mask_compliance.py",)),
 )
