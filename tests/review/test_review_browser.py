@@ -1,11 +1,13 @@
 """End to end in headless Chromium against a real ``maskjob review serve`` process: the demo
 inbox scored into SQLite, a reviewer logs in and reviews 20 faces by keyboard alone, correcting
-exactly 5; the audit trail and the analyst views show exactly those corrections, and the export
-turns the 20 decisions into training crops with their provenance."""
+exactly 5; the audit trail, the analyst views, the daily table and a re-rendered compliance
+report show exactly those corrections, and the export turns the 20 decisions into training crops
+with their provenance."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,15 @@ def _daily(conn: sa.Connection) -> dict[tuple[str, str], tuple[int, ...]]:
     return {(str(r[0]), r[1]): tuple(int(v or 0) for v in r[2:]) for r in rows}
 
 
+def _report_metrics(engine: sa.Engine, settings, out: Path) -> dict[str, str]:
+    """The compliance report of the demo day, rendered afresh: its headline and review figures."""
+    from maskjob.demo.builder import DEMO_DAY
+    from maskjob.reporting.compliance import render_compliance_report
+
+    html = render_compliance_report(engine, settings, DEMO_DAY, DEMO_DAY, out_dir=out).read_text(encoding="utf-8")
+    return {name: value.strip() for name, value in re.findall(r'data-metric="(\w+)"[^>]*>([^<]*)<', html)}
+
+
 def _check_export(exported, root: Path, decided: dict, review_ids: dict, where: dict) -> None:
     """Every reviewed face became a crop under its decided label, with its provenance."""
     assert exported.written == 20 and exported.total == 20 and exported.bad == []
@@ -116,6 +127,8 @@ def test_review_twenty_faces_by_keyboard(scored_demo: ScoredDemo, tmp_path: Path
         where = {r.id: (str(r.local_day), r.camera_id) for r in conn.execute(sa.text(
             "SELECT f.id, i.camera_id, i.local_day FROM faces f JOIN images i ON i.id = f.image_id"))}
     assert len(where) >= 30
+    report_before = _report_metrics(engine, scored_demo.settings, tmp_path / "report-before")
+    assert "reviews_none" in report_before and "reviews_reviewed" not in report_before
     server = start_server(write_config(tmp_path / "maskjob.toml", scored_demo.settings), tmp_path / "server.log")
     decided: dict[int, tuple[str, str]] = {}
     seen: dict[str, list] = {"console_errors": [], "page_errors": [], "offsite": [], "dialogs": []}
@@ -174,6 +187,7 @@ def test_review_twenty_faces_by_keyboard(scored_demo: ScoredDemo, tmp_path: Path
         assert {r.face_id for r in views if r.reviewed_label is not None} == set(decided)
         after = _daily(conn)
         review_ids = {r.face_id: r.id for r in conn.execute(sa.text("SELECT id, face_id FROM face_reviews"))}
+    report_after = _report_metrics(engine, scored_demo.settings, tmp_path / "report-after")
     exported = export_corrections(engine, scored_demo.settings)
     engine.dispose()
     _check_export(exported, scored_demo.settings.dataset_root, decided, review_ids, where)
@@ -188,6 +202,14 @@ def test_review_twenty_faces_by_keyboard(scored_demo: ScoredDemo, tmp_path: Path
     assert after == {key: tuple(values) for key, values in expected.items()}
     assert sum(v[4] for v in after.values()) == 20 and sum(v[5] for v in after.values()) == 5
     assert Counter(v[0] for v in after.values()) == Counter(v[0] for v in before.values())  # no face dropped
+
+    # The re-rendered report counts the final labels: exactly the daily table's sums after the reviews.
+    assert (report_after["reviews_reviewed"], report_after["reviews_changed"], report_after["reviews_not_face"]) == (
+        "20", "5", "0")
+    for metric, column in (("faces", 0), ("without_mask", 2), ("partial_mask", 3)):
+        assert report_after[metric] == f"{sum(v[column] for v in after.values()):,}", metric
+        assert report_before[metric] == f"{sum(v[column] for v in before.values()):,}", metric
+    assert report_after["rate"] == f"{100 * sum(v[1] for v in after.values()) / sum(v[0] for v in after.values()):.1f}%"
 
 
 def test_hostile_camera_shows_as_text(settings_factory, tmp_path: Path) -> None:
