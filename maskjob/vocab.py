@@ -13,9 +13,9 @@ import re
 
 __all__ = [
     "ALL_SPLITS", "ARCHS", "CLASSES", "CLASS_COLOURS", "CUSTOM_ARCHS", "DEFAULT_MAX_IMAGE_PIXELS", "DETECTORS",
-    "IMAGE_EXTENSIONS", "IMAGE_STATUSES", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "MODEL_STATUSES", "NOT_A_FACE",
-    "OPTIONAL_SPLITS", "REVIEW_LABELS", "REVIEW_ROLES", "RUN_STATUSES", "SITE_TEST_SPLIT", "SPLITS", "TRANSFER_ARCHS",
-    "VIOLATIONS", "class_colour_hex", "slug",
+    "HELDOUT_SPLIT", "IMAGE_EXTENSIONS", "IMAGE_STATUSES", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "MODEL_STATUSES",
+    "NOT_A_FACE", "OPTIONAL_SPLITS", "REVIEW_LABELS", "REVIEW_ROLES", "RUN_STATUSES", "SITE_TEST_SPLIT", "SPLITS",
+    "TRANSFER_ARCHS", "VIOLATIONS", "class_colour_hex", "slug",
 ]
 
 # The canonical class order everywhere: model outputs, probability columns, confusion matrices.
@@ -55,11 +55,14 @@ REVIEW_LABELS: tuple[str, ...] = CLASSES + (NOT_A_FACE,)
 # reviewers also decide (identities visible), admins as reviewers (users are managed with
 # `maskjob review user`).
 REVIEW_ROLES: tuple[str, ...] = ("viewer", "reviewer", "admin")
-# The dataset's splits: train and test are required; test_site holds reviewed site faces kept
-# out of training (the gate's site split) and may be absent, as may any of its class folders.
+# The dataset's splits: train and test are required. Optional (absent, or a class folder of
+# them missing or empty, is fine): test_unseen holds faces in mask styles and of identities the
+# training never sees (the demo builder reserves them; the gate's generalisation split), and
+# test_site holds reviewed site faces kept out of training (the gate's site split).
+HELDOUT_SPLIT = "test_unseen"
 SITE_TEST_SPLIT = "test_site"
 SPLITS: tuple[str, ...] = ("train", "test")
-OPTIONAL_SPLITS: tuple[str, ...] = (SITE_TEST_SPLIT,)
+OPTIONAL_SPLITS: tuple[str, ...] = (HELDOUT_SPLIT, SITE_TEST_SPLIT)
 ALL_SPLITS: tuple[str, ...] = SPLITS + OPTIONAL_SPLITS
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})

@@ -1,9 +1,13 @@
 """The offline demo: a labelled face-mask dataset and a CCTV inbox built from real photos.
 
 Faces are real photographs shipped in packages (see :mod:`maskjob.assets`), composited with
-synthesized masks by :mod:`maskjob.facesynth`. This module decides what goes where: train
-and test hold disjoint identities, the inbox shows only test identities pasted into frames
-of a real video, and every file is seeded so the same seed gives byte-identical output.
+synthesized masks by :mod:`maskjob.facesynth`. This module decides what goes where: train,
+test and test_unseen (:data:`maskjob.vocab.HELDOUT_SPLIT`) hold disjoint identities;
+test_unseen's masks come from styles reserved for it (shapes, fabrics, colours, where a
+partial mask sits: :data:`~maskjob.demo.facesynth.UNSEEN_STYLE`), so its metrics measure
+generalisation. ``demo_manifest.csv`` records every image's split, identity and style. The
+inbox shows only test identities pasted into frames of a real video, and every file is
+seeded so the same seed gives byte-identical output.
 
 Example:
     >>> summary = build_demo(settings, scale=0.1)           # doctest: +SKIP
@@ -27,11 +31,25 @@ import numpy as np
 from maskjob import CLASSES
 from maskjob.assets import asset_path
 from maskjob.config import Settings
-from maskjob.demo.facesynth import Face, load_faces, paste_face, photometric, render_face
+from maskjob.demo.facesynth import (
+    FABRICS,
+    SEEN_STYLE,
+    UNSEEN_STYLE,
+    Face,
+    MaskStyle,
+    load_faces,
+    paste_face,
+    photometric,
+    render_face,
+)
 from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
+from maskjob.vocab import HELDOUT_SPLIT
 
-__all__ = ["CAMERAS", "DEMO_DAY", "FRAMES", "TEST_PER_CLASS", "TRAIN_PER_CLASS", "DemoSummary", "build_demo"]
+__all__ = [
+    "CAMERAS", "DEMO_DAY", "FRAMES", "MANIFEST", "MANIFEST_FIELDS", "TEST_PER_CLASS", "TRAIN_PER_CLASS", "DemoSummary",
+    "build_demo",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +60,15 @@ CROP_PX = 128
 DEMO_MARKER = ".maskjob-demo"
 FRAME_SIZE = (640, 480)
 PHOTO_WEIGHT = 3  # colour photos are few but rich: sample each identity 3x as often as an LFW crop
+MANIFEST = "demo_manifest.csv"
+MANIFEST_FIELDS = ("file", "split", "label", "identity", "shape", "texture", "colour", "partial_band")
+# Each split: images per class at scale 1, and the mask styles it draws. test_unseen is as big as test.
+DEMO_SPLITS: tuple[tuple[str, int, MaskStyle], ...] = (
+    ("train", TRAIN_PER_CLASS, SEEN_STYLE), ("test", TEST_PER_CLASS, SEEN_STYLE),
+    (HELDOUT_SPLIT, TEST_PER_CLASS, UNSEEN_STYLE),
+)
+# Identities per source group held out for test and for test_unseen; the rest train.
+HELD_OUT_SHARE = {"test": 0.25, HELDOUT_SPLIT: 0.2}
 
 
 @dataclass
@@ -58,13 +85,16 @@ class DemoSummary:
 
 
 def _split_identities(faces: list[Face], rng: np.random.Generator) -> dict[str, list[Face]]:
-    split: dict[str, list[Face]] = {"train": [], "test": []}
+    """Three disjoint identity groups; each gets LFW crops and colour photos."""
+    split: dict[str, list[Face]] = {name: [] for name, _, _ in DEMO_SPLITS}
     for group in ("lfw", "photo"):
         members = [f for f in faces if f.group == group]
-        order = rng.permutation(len(members))
-        n_test = max(1, int(np.ceil(0.25 * len(members))))
-        split["test"] += [members[i] for i in order[:n_test]]
-        split["train"] += [members[i] for i in order[n_test:]]
+        order = list(rng.permutation(len(members)))
+        for name, share in HELD_OUT_SHARE.items():
+            n = max(1, int(np.ceil(share * len(members))))
+            split[name] += [members[i] for i in order[:n]]
+            order = order[n:]
+        split["train"] += [members[i] for i in order]
     return split
 
 
@@ -79,11 +109,11 @@ def _identity_cycle(faces: list[Face], rng: np.random.Generator) -> list[Face]:
     return [pool[i] for i in rng.permutation(len(pool))]
 
 
-def _write_dataset(root: Path, split: dict[str, list[Face]], textures: list[np.ndarray],
+def _write_dataset(root: Path, split: dict[str, list[Face]], textures: dict[str, np.ndarray],
                    scale: float, seed: int) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
-    rows: list[tuple[str, str, str]] = []
-    for s_idx, (name, per_class) in enumerate((("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS))):
+    rows: list[tuple[str, ...]] = []
+    for s_idx, (name, per_class, style) in enumerate(DEMO_SPLITS):
         n = max(2, round(per_class * scale))
         cycle = _identity_cycle(split[name], np.random.default_rng([seed, s_idx]))
         counts[name] = {}
@@ -93,14 +123,15 @@ def _write_dataset(root: Path, split: dict[str, list[Face]], textures: list[np.n
             for i in range(n):
                 rng = np.random.default_rng([seed, s_idx, c_idx, i])
                 face = cycle[(i * len(CLASSES) + c_idx) % len(cycle)]
-                img, _ = render_face(face, label, rng, textures, CROP_PX, rng.uniform(0.62, 0.82))
+                img, _, drawn = render_face(face, label, rng, textures, CROP_PX, rng.uniform(0.62, 0.82), style)
                 path = out_dir / f"{i:05d}_{face.identity}.jpg"
                 _write_jpeg(path, photometric(img, rng), int(rng.integers(45, 96)))
-                rows.append((name, path.relative_to(root).as_posix(), face.identity))
+                rows.append((path.relative_to(root).as_posix(), name, label, face.identity,
+                             drawn.shape, drawn.texture, drawn.colour, drawn.band))
             counts[name][label] = n
-    with (root / "identities.csv").open("w", newline="") as fh:
+    with (root / MANIFEST).open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["split", "path", "identity"])
+        writer.writerow(MANIFEST_FIELDS)
         writer.writerows(rows)
     return counts
 
@@ -140,7 +171,7 @@ def _camera_view(rgb: np.ndarray, camera: str) -> np.ndarray:
     return rgb.copy()
 
 
-def _write_inbox(inbox: Path, video: Path, faces: list[Face], textures: list[np.ndarray],
+def _write_inbox(inbox: Path, video: Path, faces: list[Face], textures: dict[str, np.ndarray],
                  scale: float, seed: int) -> tuple[int, int]:
     rng = np.random.default_rng([seed, 99])
     n_frames = max(len(CAMERAS), round(FRAMES * scale))
@@ -214,7 +245,7 @@ def build_demo(settings: Settings, root: str | Path | None = None, inbox: str | 
         root: dataset root (default ``settings.dataset_root``).
         inbox: CCTV inbox (default ``settings.inbox_dir``).
         scale: multiplies every count (default ``settings.demo_scale``; 1.0 gives 1500 train,
-            450 test images and 120 frames).
+            450 test, 450 test_unseen images and 120 frames).
         seed: the same seed gives byte-identical files (default ``settings.seed``).
 
     Returns:
@@ -229,15 +260,17 @@ def build_demo(settings: Settings, root: str | Path | None = None, inbox: str | 
         raise MaskjobError(f"demo scale must be > 0, got {scale}")
     if root == inbox or inbox.is_relative_to(root) or root.is_relative_to(inbox):
         raise MaskjobError(f"dataset root {root} and inbox {inbox} must not contain each other.")
-    _prepare(root, ["train", "test", "identities.csv"])
+    # identities.csv: what demos before the manifest wrote
+    _prepare(root, [name for name, _, _ in DEMO_SPLITS] + [MANIFEST, "identities.csv"])
     _prepare(inbox, [*CAMERAS, "ground_truth.csv"])
     faces = load_faces(settings)
     split = _split_identities(faces, np.random.default_rng([seed, 1]))
-    textures = [read_rgb(asset_path(settings, f"mask_{c}")) for c in ("black", "blue", "green", "white")]
+    textures = {name: read_rgb(asset_path(settings, f"mask_{name}")) for name in FABRICS}
     counts = _write_dataset(root, split, textures, scale, seed)
     n_frames, n_faces = _write_inbox(inbox, asset_path(settings, "vtest_avi"), split["test"], textures, scale, seed)
     seconds = time.perf_counter() - began
     summary = DemoSummary(root, inbox, counts, {k: len(v) for k, v in split.items()}, n_frames, n_faces, seconds)
-    logger.info("demo: %s train, %s test images, %d frames with %d faces in %.1f s",
-                sum(counts["train"].values()), sum(counts["test"].values()), n_frames, n_faces, seconds)
+    logger.info("demo: %s train, %s test, %s %s images, %d frames with %d faces in %.1f s",
+                sum(counts["train"].values()), sum(counts["test"].values()), sum(counts[HELDOUT_SPLIT].values()),
+                HELDOUT_SPLIT, n_frames, n_faces, seconds)
     return summary

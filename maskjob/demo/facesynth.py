@@ -5,11 +5,14 @@ then a cheap OpenCV composite (:func:`render_face`): a pose-jittered crop, a mas
 the landmarks (``with_mask``: nose bridge to chin; ``partial_mask``: the same mask pulled
 down below the nose tip), or a bare face, sometimes with a hand over the mouth or a scarf
 below the chin (still ``without_mask``). The same seeded generator gives the same pixels.
+A :class:`MaskStyle` says which shapes, fabrics, colours and partial-mask geometry a split
+draws: :data:`SEEN_STYLE` for train and test, the disjoint :data:`UNSEEN_STYLE` for
+``test_unseen``, so that split measures masks the training never saw.
 
 Example:
     >>> faces = load_faces(settings)                                            # doctest: +SKIP
     >>> rng = np.random.default_rng(0)                                          # doctest: +SKIP
-    >>> img, _ = render_face(faces[0], "with_mask", rng, textures, 128, 0.7)    # doctest: +SKIP
+    >>> img, _, drawn = render_face(faces[0], "with_mask", rng, textures, 128, 0.7)  # doctest: +SKIP
     >>> photometric(img, rng).shape                                             # doctest: +SKIP
     (128, 128, 3)
 """
@@ -29,7 +32,10 @@ from maskjob.config import Settings
 from maskjob.errors import MaskjobError
 from maskjob.imageio import read_rgb
 
-__all__ = ["PHOTO_ASSETS", "Face", "FaceCoords", "load_faces", "paste_face", "photometric", "render_face"]
+__all__ = [
+    "FABRICS", "PHOTO_ASSETS", "SEEN_STYLE", "UNSEEN_STYLE", "Drawn", "Face", "FaceCoords", "MaskStyle", "load_faces",
+    "paste_face", "photometric", "render_face",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +53,48 @@ SOLIDS = np.array([
     [150, 195, 225], [235, 238, 240], [40, 42, 48], [95, 105, 120], [70, 90, 150], [140, 90, 160],
     [120, 160, 130], [200, 60, 60], [70, 140, 140], [60, 60, 90], [180, 180, 185], [20, 60, 110],
 ], dtype=np.float32)
+# The fabric photos (assets ``mask_<name>``) masks and scarves are cut from.
+FABRICS = ("black", "blue", "green", "white")
 SKIN = np.array([[1.0, 0.84, 0.72], [1.0, 0.8, 0.66], [0.92, 0.74, 0.6], [1.0, 0.9, 0.82], [0.8, 0.6, 0.47]])
+
+
+@dataclass(frozen=True)
+class MaskStyle:
+    """The mask styles a split may draw: the demo reserves some of each for ``test_unseen``.
+
+    ``bands`` are where a partial mask's top edge sits, as fractions of the way from the nose
+    tip down to the mouth (one band is drawn per face); ``slip`` is the chance that a partial
+    mask also slips on one side (its edge tilted by up to ``max_slip`` of that distance).
+    """
+
+    shapes: tuple[str, ...]
+    textures: tuple[str, ...]  # "photo", "solid", "stripes", "checks", "dots"
+    texture_p: tuple[float, ...]
+    fabrics: tuple[str, ...]  # names in FABRICS
+    colours: tuple[int, ...]  # indices into SOLIDS
+    bands: tuple[tuple[float, float], ...]
+    slip: float = 0.0
+    max_slip: float = 0.0
+
+
+# train and test: surgical and cloth masks, photo/solid/striped fabric, 8 of the 12 colours,
+# partial masks pulled straight down to between 25% and 60% of the way from nose to mouth.
+SEEN_STYLE = MaskStyle(("surgical", "cloth"), ("photo", "solid", "stripes"), (0.4, 0.4, 0.2),
+                       ("black", "blue", "white"), (0, 1, 2, 3, 6, 9, 10, 11), ((0.25, 0.6),))
+# test_unseen: KN95 cups, gaiters and bandanas, checked/dotted and the green fabric, the other
+# 4 colours, partial masks just under the nose tip or down at the lip, often slipping on one side.
+UNSEEN_STYLE = MaskStyle(("kn95", "gaiter", "bandana"), ("photo", "checks", "dots"), (0.3, 0.35, 0.35),
+                         ("green",), (4, 5, 7, 8), ((0.1, 0.25), (0.6, 0.9)), slip=0.6, max_slip=0.35)
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """What :func:`render_face` drew over the face (the demo manifest's style columns)."""
+
+    shape: str  # a mask shape, or "none", "hand", "scarf" on a bare face
+    texture: str = ""
+    colour: str = ""  # "#rrggbb" of a drawn colour, "" for a fabric photo or no mask
+    band: str = ""  # the partial band "lo-hi" (and "+slip"), "" when not a partial mask
 
 
 @dataclass
@@ -186,23 +233,29 @@ def _fill(shape: tuple[int, int], polygon_px: np.ndarray, soft: float = 0.7) -> 
     return cv2.GaussianBlur(alpha.astype(np.float32) / 255, (0, 0), soft)
 
 
-def _texture(rng: np.random.Generator, textures: list[np.ndarray], frame: FaceCoords, size: int,
-             box: tuple[float, float, float, float]) -> np.ndarray:
-    """A fabric image for the whole crop, laid out in face coordinates over ``box``."""
+def _hex(colour: np.ndarray) -> str:
+    return "#%02x%02x%02x" % tuple(int(v) for v in colour)
+
+
+def _texture(rng: np.random.Generator, textures: dict[str, np.ndarray], frame: FaceCoords, size: int,
+             box: tuple[float, float, float, float], style: MaskStyle) -> tuple[np.ndarray, str, str]:
+    """A fabric image for the whole crop, laid out in face coordinates over ``box``, with the
+    texture's name and its colour (``""`` for a fabric photo)."""
     gx, gy = frame.grid(size)
-    kind = rng.choice(["photo", "solid", "stripes", "checks", "dots"], p=[0.4, 0.3, 0.1, 0.1, 0.1])
+    kind = str(rng.choice(style.textures, p=style.texture_p))
     if kind == "photo":
-        tex = textures[rng.integers(len(textures))]
+        name = style.fabrics[int(rng.integers(len(style.fabrics)))]
+        tex = textures[name]
         h, w = tex.shape[:2]
         x0, y0, x1, y1 = box
         u = ((gx - x0) / (x1 - x0) * (w - 1)).astype(np.float32)
         v = ((gy - y0) / (y1 - y0) * (h - 1)).astype(np.float32)
         img = cv2.remap(tex, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
-        return img * rng.uniform(0.85, 1.15, 3).astype(np.float32)
-    base = SOLIDS[rng.integers(len(SOLIDS))] * rng.uniform(0.85, 1.1)
-    img = np.broadcast_to(base, (size, size, 3)).copy()
+        return img * rng.uniform(0.85, 1.15, 3).astype(np.float32), f"photo-{name}", ""
+    colour = SOLIDS[style.colours[int(rng.integers(len(style.colours)))]]
+    img = np.broadcast_to(colour * rng.uniform(0.85, 1.1), (size, size, 3)).copy()
     if kind != "solid":
-        other = SOLIDS[rng.integers(len(SOLIDS))]
+        other = SOLIDS[style.colours[int(rng.integers(len(style.colours)))]]
         period = rng.uniform(0.15, 0.35)
         if kind == "stripes":
             on = np.sin((gy if rng.random() < 0.5 else gx) / period * np.pi) > 0
@@ -211,47 +264,72 @@ def _texture(rng: np.random.Generator, textures: list[np.ndarray], frame: FaceCo
         else:
             on = (np.mod(gx, period) - period / 2) ** 2 + (np.mod(gy, period) - period / 2) ** 2 < (period / 4) ** 2
         img[on] = other
-    return img + rng.normal(0, 4, (size, size, 1)).astype(np.float32)
+    return img + rng.normal(0, 4, (size, size, 1)).astype(np.float32), kind, _hex(colour)
 
 
-def _mask_layer(rng: np.random.Generator, textures: list[np.ndarray], frame: FaceCoords, size: int,
-                partial: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A mask (colour image, alpha) drawn along the landmarks."""
-    nose_x, nose_y = frame.nose
-    mouth_y = frame.mouth[1]
-    half_w = rng.uniform(1.0, 1.15)
-    top_side = nose_y * rng.uniform(0.6, 0.85)
-    top_mid = nose_y * rng.uniform(0.2, 0.45)
-    bottom = frame.chin + rng.uniform(0.0, 0.15)
-    shift = 0.0
-    if partial:
-        new_top = nose_y + rng.uniform(0.3, 0.8) * (mouth_y - nose_y)
-        top_mid = top_side - rng.uniform(0.0, 0.1)
-        shift = new_top - top_mid
-    low_w, low_y = half_w * rng.uniform(0.72, 0.85), mouth_y + 0.35 * (frame.chin - mouth_y)
-    style = rng.choice(["surgical", "cloth", "kn95"])
-    mid_bottom = np.array([nose_x * 0.5, bottom + (0.1 if style == "kn95" else 0.0)])
-    local = np.concatenate([
-        _bezier(np.array([-half_w, top_side]), np.array([nose_x, top_mid]), np.array([half_w, top_side])),
+def _outline(shape: str, nose_x: float, half_w: float, top_side: float, top_mid: float, low_w: float,
+             low_y: float, bottom: float, chin: float) -> np.ndarray:
+    """The mask's outline in face coordinates: top edge over the nose, then down the sides."""
+    top = _bezier(np.array([-half_w, top_side]), np.array([nose_x, top_mid]), np.array([half_w, top_side]))
+    if shape == "gaiter":  # a tube from the nose down over the neck, wider than the face
+        neck = chin + 0.7
+        return np.concatenate([top, [[half_w * 1.08, neck], [-half_w * 1.08, neck]]])
+    if shape == "bandana":  # a triangle of cloth hanging to a point below the chin
+        return np.concatenate([top, _bezier(np.array([half_w, top_side]), np.array([half_w * 0.9, low_y]),
+                                            np.array([nose_x * 0.5, chin + 0.95]), 8),
+                               _bezier(np.array([nose_x * 0.5, chin + 0.95]), np.array([-half_w * 0.9, low_y]),
+                                       np.array([-half_w, top_side]), 8)])
+    mid_bottom = np.array([nose_x * 0.5, bottom + (0.1 if shape == "kn95" else 0.0)])
+    return np.concatenate([
+        top,
         _bezier(np.array([half_w, top_side]), np.array([half_w * 0.95, (top_side + low_y) / 2]),
                 np.array([low_w, low_y]), 6),
         _bezier(np.array([low_w, low_y]), mid_bottom, np.array([-low_w, low_y])),
         _bezier(np.array([-low_w, low_y]), np.array([-half_w * 0.95, (top_side + low_y) / 2]),
                 np.array([-half_w, top_side]), 6),
     ])
-    local[:, 1] += shift
+
+
+def _mask_layer(rng: np.random.Generator, textures: dict[str, np.ndarray], frame: FaceCoords, size: int,
+                partial: bool, style: MaskStyle) -> tuple[np.ndarray, np.ndarray, Drawn]:
+    """A mask (colour image, alpha, what was drawn) along the landmarks, in one of ``style``'s shapes."""
+    nose_x, nose_y = frame.nose
+    mouth_y = frame.mouth[1]
+    half_w = rng.uniform(1.0, 1.15)
+    top_side = nose_y * rng.uniform(0.6, 0.85)
+    top_mid = nose_y * rng.uniform(0.2, 0.45)
+    bottom = frame.chin + rng.uniform(0.0, 0.15)
+    shift = slip = 0.0
+    band = ""
+    if partial:
+        lo, hi = style.bands[int(rng.integers(len(style.bands)))]
+        new_top = nose_y + rng.uniform(lo, hi) * (mouth_y - nose_y)
+        top_mid = top_side - rng.uniform(0.0, 0.1)
+        shift = new_top - top_mid
+        band = f"{lo:.2f}-{hi:.2f}"
+        if rng.random() < style.slip:
+            slip = rng.choice([-1.0, 1.0]) * rng.uniform(0.1, style.max_slip) * (mouth_y - nose_y)
+            band += "+slip"
+    low_w, low_y = half_w * rng.uniform(0.72, 0.85), mouth_y + 0.35 * (frame.chin - mouth_y)
+    shape = str(rng.choice(style.shapes))
+    local = _outline(shape, nose_x, half_w, top_side, top_mid, low_w, low_y, bottom, frame.chin)
+    local[:, 1] += shift + slip * np.clip(local[:, 0] / half_w, -1, 1)  # slipping: one side lower
     alpha = _fill((size, size), frame.to_px(local))
-    color = _texture(rng, textures, frame, size, (-half_w, top_mid + shift, half_w, bottom + shift))
+    color, texture, colour = _texture(rng, textures, frame, size, (-half_w, top_mid + shift, half_w, bottom + shift),
+                                      style)
     gx, gy = frame.grid(size)
     shade = 1.0 - 0.3 * np.clip(np.abs(gx - nose_x) / half_w, 0, 1) ** 2
-    if style == "surgical":
+    if shape == "surgical":
         for k in range(3):
             line_y = top_side + shift + (k + 1) * (low_y - top_side) / 4 + 0.08
             shade -= 0.12 * np.exp(-((gy - line_y) / 0.03) ** 2)
-    else:
+    elif shape in ("cloth", "kn95"):
         shade -= 0.1 * np.exp(-((gx - nose_x * 0.5) / 0.03) ** 2)
     shade += 0.05 * np.sin(gy * rng.uniform(8, 20) + rng.uniform(0, 6))
     color *= shade[:, :, None]
+    drawn = Drawn(shape, texture, colour, band)
+    if shape in ("gaiter", "bandana"):  # worn round the head: no ear loops
+        return color, alpha, drawn
     if rng.random() < 0.5:
         strap = SOLIDS[1]
     else:
@@ -260,13 +338,13 @@ def _mask_layer(rng: np.random.Generator, textures: list[np.ndarray], frame: Fac
     thick = max(1, round(frame.scale * 0.04))
     for side in (-1, 1):
         for start, ear in (((half_w, top_side + 0.05), (1.2, 0.25)), ((low_w, low_y), (1.15, 1.05))):
-            a = frame.to_px(np.array([side * start[0], start[1] + shift]))[0]
+            a = frame.to_px(np.array([side * start[0], start[1] + shift + side * slip]))[0]
             b = frame.to_px(np.array([side * ear[0], ear[1]]))[0]
             cv2.line(lines, tuple(np.round(a).astype(int)), tuple(np.round(b).astype(int)), 255, thick, cv2.LINE_AA)
     strap_alpha = (lines.astype(np.float32) / 255) * (1 - alpha)
     total = alpha + strap_alpha
     color = (color * alpha[..., None] + strap * 0.9 * strap_alpha[..., None]) / np.maximum(total, 1e-6)[..., None]
-    return color, total
+    return color, total, drawn
 
 
 def _hand_layer(rng: np.random.Generator, img: np.ndarray, frame: FaceCoords,
@@ -293,32 +371,33 @@ def _hand_layer(rng: np.random.Generator, img: np.ndarray, frame: FaceCoords,
     return color.astype(np.float32), alpha
 
 
-def _scarf_layer(rng: np.random.Generator, textures: list[np.ndarray], frame: FaceCoords,
-                 size: int) -> tuple[np.ndarray, np.ndarray]:
+def _scarf_layer(rng: np.random.Generator, textures: dict[str, np.ndarray], frame: FaceCoords,
+                 size: int, style: MaskStyle) -> tuple[np.ndarray, np.ndarray, Drawn]:
     """A scarf or collar below the chin: fabric, but mouth and chin bare."""
     top = frame.chin + rng.uniform(0.0, 0.2)
     xs = np.linspace(-2.2, 2.2, 24)
     edge = top + 0.06 * np.sin(xs * rng.uniform(3, 7)) - 0.12 * (1 - (xs / 2.2) ** 2) * rng.uniform(-1, 1)
     local = np.concatenate([np.stack([xs, edge], 1), np.array([[2.2, 6.0], [-2.2, 6.0]])])
     alpha = _fill((size, size), frame.to_px(local))
-    color = _texture(rng, textures, frame, size, (-1.5, top, 1.5, top + 1.2))
-    return color, alpha
+    color, texture, colour = _texture(rng, textures, frame, size, (-1.5, top, 1.5, top + 1.2), style)
+    return color, alpha, Drawn("scarf", texture, colour)
 
 
-def render_face(face: Face, label: str, rng: np.random.Generator, textures: list[np.ndarray],
-                size: int, fill: float) -> tuple[np.ndarray, FaceCoords]:
+def render_face(face: Face, label: str, rng: np.random.Generator, textures: dict[str, np.ndarray],
+                size: int, fill: float, style: MaskStyle = SEEN_STYLE) -> tuple[np.ndarray, FaceCoords, Drawn]:
     """One face of class ``label`` in a ``size``-square crop whose face box spans ``fill``.
 
     Args:
         face: the source face.
         label: one of :data:`maskjob.CLASSES`; decides mask, partial mask or bare face.
         rng: every random choice (pose, mask shape, fabric, hand or scarf) comes from it.
-        textures: RGB fabric photos for masks and scarves.
+        textures: RGB fabric photos for masks and scarves, by name (:data:`FABRICS`).
         size: side of the square crop in pixels.
         fill: face box height as a fraction of ``size``.
+        style: the mask shapes, fabrics, colours and partial-mask geometry to draw from.
 
     Returns:
-        The crop as (size, size, 3) float32 RGB, unclipped, and its face coordinates.
+        The crop as (size, size, 3) float32 RGB, unclipped, its face coordinates, and what was drawn.
     """
     src = FaceCoords(face.landmarks)
     centre = src.to_px(np.array([src.nose[0] * 0.3, (FACE_TOP + src.chin) / 2]))[0]
@@ -343,20 +422,18 @@ def render_face(face: Face, label: str, rng: np.random.Generator, textures: list
     if face.grey and rng.random() < 0.75:
         img *= SKIN[rng.integers(len(SKIN))].astype(np.float32) * rng.uniform(0.95, 1.1)
     layer = None
-    if label == "with_mask":
-        layer = _mask_layer(rng, textures, frame, size, partial=False)
-    elif label == "partial_mask":
-        layer = _mask_layer(rng, textures, frame, size, partial=True)
+    if label in ("with_mask", "partial_mask"):
+        layer = _mask_layer(rng, textures, frame, size, label == "partial_mask", style)
     else:
         hard = rng.random()
         if hard < 0.15:
-            layer = _hand_layer(rng, img, frame, size)
+            layer = (*_hand_layer(rng, img, frame, size), Drawn("hand"))
         elif hard < 0.3:
-            layer = _scarf_layer(rng, textures, frame, size)
-    if layer is not None:
-        color, alpha = layer
-        img = img * (1 - alpha[..., None]) + color * alpha[..., None]
-    return img, frame
+            layer = _scarf_layer(rng, textures, frame, size, style)
+    if layer is None:
+        return img, frame, Drawn("none")
+    color, alpha, drawn = layer
+    return img * (1 - alpha[..., None]) + color * alpha[..., None], frame, drawn
 
 def photometric(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """Seeded brightness, white balance, contrast, gamma, blur and noise; returns uint8 RGB."""
@@ -371,7 +448,7 @@ def photometric(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0
     return np.clip(img, 0, 255).round().astype(np.uint8)
 
 
-def paste_face(canvas: np.ndarray, face: Face, label: str, rng: np.random.Generator, textures: list[np.ndarray],
+def paste_face(canvas: np.ndarray, face: Face, label: str, rng: np.random.Generator, textures: dict[str, np.ndarray],
                x0: int, y0: int, patch_px: int, box_px: int) -> np.ndarray:
     """Render a face and blend it into ``canvas`` (float32, modified in place) at ``(x0, y0)``.
 
@@ -384,7 +461,7 @@ def paste_face(canvas: np.ndarray, face: Face, label: str, rng: np.random.Genera
     Returns:
         The face box ``(x1, y1, x2, y2)`` in frame pixels, unrounded and unclipped.
     """
-    img, coords = render_face(face, label, rng, textures, patch_px, box_px / patch_px * 0.95)
+    img, coords, _ = render_face(face, label, rng, textures, patch_px, box_px / patch_px * 0.95)
     img = photometric(img, rng, strength=0.5).astype(np.float32)
     box = coords.box()
     centre = (box[:2] + box[2:]) / 2

@@ -1,11 +1,15 @@
 """The labelled dataset on disk: layout checks, a data-quality report and a content fingerprint.
 
 Layout: ``<root>/{train,test}/{with_mask,without_mask,partial_mask}/*.{jpg,png,...}``; evaluation
-needs only the split it scores (``scan_dataset(root, splits=("test",))``). An optional third split,
-``test_site`` (:data:`maskjob.vocab.SITE_TEST_SPLIT`), holds reviewed faces of the site's own cameras
-kept out of training (written by :mod:`maskjob.review.export`); it may be absent, and a class
-folder of it may be missing or empty. When present it is scanned, checked and fingerprinted
-with the others, so exporting corrections changes the fingerprint and the next run retrains.
+needs only the split it scores (``scan_dataset(root, splits=("test",))``). Two optional test
+splits (:data:`maskjob.vocab.OPTIONAL_SPLITS`) may sit beside them: ``test_unseen``
+(:data:`~maskjob.vocab.HELDOUT_SPLIT`) holds faces in mask styles and of identities the training
+never sees (the demo builder reserves them), and ``test_site`` (:data:`~maskjob.vocab.SITE_TEST_SPLIT`)
+holds reviewed faces of the site's own cameras kept out of training (written by
+:mod:`maskjob.review.export`). Either may be absent, and a class folder of one may be missing
+or empty. When present each is scanned, checked (leakage against train included) and
+fingerprinted with the others, so exporting corrections changes the fingerprint and the next
+run retrains.
 
 Example:
     >>> index = scan_dataset("data/dataset")            # doctest: +SKIP
@@ -40,9 +44,6 @@ __all__ = [
     "ALL_SPLITS", "OPTIONAL_SPLITS", "SPLITS", "DataCheck", "DatasetIndex", "check_dataset", "dataset_fingerprint",
     "scan_dataset", "split_counts",
 ]
-
-
-
 
 IMBALANCE_WARN_RATIO = 3.0
 
@@ -118,15 +119,15 @@ def scan_dataset(root: str | Path, splits: Sequence[str] | None = None) -> Datas
     Args:
         root: the dataset root.
         splits: the splits to list; each named one must be there. Default: train and test,
-            plus ``test_site`` when its folder exists. ``("test",)`` accepts a folder that
-            holds only ``test/`` (evaluation).
+            plus each optional split (``test_unseen``, ``test_site``) whose folder exists.
+            ``("test",)`` accepts a folder that holds only ``test/`` (evaluation).
 
     Returns:
         The index of those splits.
 
     Raises:
         MaskjobError: root missing, a split missing, an unknown class folder, or a class
-            folder without images (allowed in ``test_site``); the message shows the expected layout.
+            folder without images (allowed in the optional splits); the message shows the expected layout.
     """
     if splits is None:
         required: tuple[str, ...] = SPLITS
@@ -179,9 +180,9 @@ def split_counts(root: str | Path, split: str) -> dict[str, int] | None:
 @dataclass
 class DataCheck:
     """What :func:`check_dataset` found. ``ok`` is False when any image is unreadable or the
-    same image content is in train and in a test split (leakage). ``counts`` has a ``test_site``
-    entry when that split is present; ``imbalance`` covers train and test only (a site's faces
-    are as imbalanced as its cameras see them)."""
+    same image content is in train and in a test split (leakage). ``counts`` has an entry for
+    each optional split present (``test_unseen``, ``test_site``); ``imbalance`` covers train and
+    test only (a site's faces are as imbalanced as its cameras see them)."""
 
     root: Path
     counts: dict[str, dict[str, int]]
@@ -290,7 +291,7 @@ def check_dataset(root: str | Path, max_pixels: int) -> DataCheck:
 
 
 def dataset_fingerprint(root: str | Path) -> str:
-    """sha256 over the sorted ``(split/class/name, content sha256)`` of every image (``test_site`` included).
+    """sha256 over the sorted ``(split/class/name, content sha256)`` of every image (optional splits included).
 
     Args:
         root: the dataset root.

@@ -1,4 +1,4 @@
-"""The demo builder: determinism, layout, identity-disjoint splits and the CCTV inbox."""
+"""The demo builder: determinism, layout, identity- and style-disjoint splits and the CCTV inbox."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from PIL import Image
 
 from maskjob import CLASSES
 from maskjob.cli import main
-from maskjob.demo.builder import CAMERAS, DEMO_DAY, build_demo
+from maskjob.demo.builder import CAMERAS, DEMO_DAY, MANIFEST, MANIFEST_FIELDS, build_demo
+from maskjob.demo.facesynth import SEEN_STYLE, SOLIDS, UNSEEN_STYLE
 from maskjob.errors import MaskjobError
 from maskjob.imageio import sha256_file
+from maskjob.vocab import HELDOUT_SPLIT
 from tests.fixtures.demo import TINY_SCALE, TINY_SEED, tiny_settings
 
 
@@ -25,9 +27,11 @@ def _hashes(*dirs: Path) -> dict[str, str]:
     }
 
 
-def _identities(root: Path) -> list[dict[str, str]]:
-    with (root / "identities.csv").open() as fh:
-        return list(csv.DictReader(fh))
+def _manifest(root: Path) -> list[dict[str, str]]:
+    with (root / MANIFEST).open() as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == MANIFEST_FIELDS
+        return list(reader)
 
 
 def test_same_seed_gives_byte_identical_files(tiny_demo, tmp_path):
@@ -43,36 +47,70 @@ def test_same_seed_gives_byte_identical_files(tiny_demo, tmp_path):
 def test_other_seed_differs_and_scale_changes_counts(tiny_demo, tmp_path):
     summary = build_demo(tiny_settings(tmp_path), root=tmp_path / "ds", inbox=tmp_path / "inbox",
                          scale=TINY_SCALE / 2, seed=TINY_SEED + 1)
-    assert summary.counts == {"train": {c: 20 for c in CLASSES}, "test": {c: 6 for c in CLASSES}}
-    assert tiny_demo.summary.counts == {"train": {c: 40 for c in CLASSES}, "test": {c: 12 for c in CLASSES}}
+    assert summary.counts == {"train": {c: 20 for c in CLASSES}, "test": {c: 6 for c in CLASSES},
+                              HELDOUT_SPLIT: {c: 6 for c in CLASSES}}
+    assert tiny_demo.summary.counts == {"train": {c: 40 for c in CLASSES}, "test": {c: 12 for c in CLASSES},
+                                        HELDOUT_SPLIT: {c: 12 for c in CLASSES}}
     assert summary.n_frames < tiny_demo.summary.n_frames
     assert len(list((tmp_path / "inbox").glob("*/*.jpg"))) == summary.n_frames
     ours = {h for name, h in _hashes(tmp_path / "ds").items() if name.endswith(".jpg")}
     assert ours and not ours & set(_hashes(tiny_demo.root).values())
-    split_of = {r["identity"]: r["split"] for r in _identities(tmp_path / "ds")}
-    tiny_split_of = {r["identity"]: r["split"] for r in _identities(tiny_demo.root)}
+    split_of = {r["identity"]: r["split"] for r in _manifest(tmp_path / "ds")}
+    tiny_split_of = {r["identity"]: r["split"] for r in _manifest(tiny_demo.root)}
     assert any(split_of[i] != tiny_split_of[i] for i in split_of.keys() & tiny_split_of.keys())
 
 
 def test_layout_classes_and_identity_disjoint_splits(tiny_demo):
     root = tiny_demo.root
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["test", "train"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["test", HELDOUT_SPLIT, "train"]
     images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
-    for split in ("train", "test"):
+    for split in ("train", "test", HELDOUT_SPLIT):
         assert sorted(p.name for p in (root / split).iterdir()) == sorted(CLASSES)
         for cls in CLASSES:
             n = len(list((root / split / cls).glob("*.jpg")))
             assert n == tiny_demo.summary.counts[split][cls] > 0
-    rows = _identities(root)
-    assert sorted(r["path"] for r in rows) == images
-    ids = {s: {r["identity"] for r in rows if r["split"] == s} for s in ("train", "test")}
-    assert not ids["train"] & ids["test"]
+    rows = _manifest(root)
+    assert sorted(r["file"] for r in rows) == images
+    assert all(r["file"].split("/")[:2] == [r["split"], r["label"]] for r in rows)
+    ids = {s: {r["identity"] for r in rows if r["split"] == s} for s in ("train", "test", HELDOUT_SPLIT)}
+    assert not ids["train"] & ids["test"] and not ids["train"] & ids[HELDOUT_SPLIT]
+    assert not ids["test"] & ids[HELDOUT_SPLIT]
     for split, split_ids in ids.items():
         assert len(split_ids) <= tiny_demo.summary.n_identities[split]
         assert any(i.startswith("lfw-") for i in split_ids)
         assert any(not i.startswith("lfw-") for i in split_ids)
     with Image.open(root / images[0]) as img:
         assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (128, 128))
+
+
+def _style_values(rows: list[dict[str, str]], split: str) -> dict[str, set[str]]:
+    """Each style column's values in one split: mask shapes, and the fabrics and colours of masks
+    and scarves, empty values left out."""
+    drawn = [r for r in rows if r["split"] == split]
+    values = {key: {r[key] for r in drawn} - {""} for key in ("texture", "colour", "partial_band")}
+    return {"shape": {r["shape"] for r in drawn if r["label"] != "without_mask"}, **values}
+
+
+def _hex(index: int) -> str:
+    return "#%02x%02x%02x" % tuple(int(v) for v in SOLIDS[index])
+
+
+def test_unseen_split_shares_no_reserved_style_with_train_or_test(tiny_demo):
+    rows = _manifest(tiny_demo.root)
+    seen = {s: _style_values(rows, s) for s in ("train", "test")}
+    unseen = _style_values(rows, HELDOUT_SPLIT)
+    # Every style value test_unseen shows is reserved: neither train nor test has any of them.
+    for split_values in seen.values():
+        for key, values in unseen.items():
+            assert values and not values & split_values[key], (key, values & split_values[key])
+    assert unseen["shape"] <= set(UNSEEN_STYLE.shapes) and {"gaiter", "bandana"} & unseen["shape"]
+    assert seen["train"]["shape"] == set(SEEN_STYLE.shapes)
+    assert unseen["colour"] <= {_hex(i) for i in UNSEEN_STYLE.colours}
+    assert not {_hex(i) for i in UNSEEN_STYLE.colours} & (seen["train"]["colour"] | seen["test"]["colour"])
+    assert seen["train"]["partial_band"] == {"0.25-0.60"}
+    assert any(band.endswith("+slip") for band in unseen["partial_band"])
+    labelled = {(r["label"], r["partial_band"] != "") for r in rows}
+    assert labelled == {("with_mask", False), ("without_mask", False), ("partial_mask", True)}
 
 
 def test_inbox_names_times_and_ground_truth(tiny_demo):

@@ -18,6 +18,7 @@ from maskjob.errors import MaskjobError
 from maskjob.ml.dataset import check_dataset, dataset_fingerprint, scan_dataset
 from maskjob.ml.loaders import decode_images, make_loaders, split_train_val
 from maskjob.ml.models import IMAGENET_MEAN, IMAGENET_STD
+from maskjob.vocab import OPTIONAL_SPLITS
 
 MAX_PIXELS = 10_000_000
 
@@ -252,29 +253,56 @@ def test_check_fingerprint_equals_dataset_fingerprint(tmp_path):
     assert check_dataset(root, max_pixels=10_000_000).fingerprint != check.fingerprint
 
 
-def test_site_split_is_optional_and_scanned_checked_and_fingerprinted(synthetic_dataset):
+@pytest.mark.parametrize("split", OPTIONAL_SPLITS)
+def test_optional_split_is_scanned_checked_fingerprinted_and_reported(synthetic_dataset, capsys, split):
     root = synthetic_dataset(n_train=3, n_test=2)
     without = dataset_fingerprint(root)
-    assert "test_site" not in scan_dataset(root).splits and "test_site" not in check_dataset(root, MAX_PIXELS).counts
-    site = root / "test_site" / "without_mask"
-    site.mkdir(parents=True)  # the other class folders missing, this one empty: still fine
-    assert scan_dataset(root).counts()["test_site"] == {name: 0 for name in CLASSES}
-    Image.new("RGB", (24, 24), (200, 10, 10)).save(site / "site-1-gate-2026-11-20.png")
+    assert split not in scan_dataset(root).splits and split not in check_dataset(root, MAX_PIXELS).counts
+    folder = root / split / "without_mask"
+    folder.mkdir(parents=True)  # the other class folders missing, this one empty: still fine
+    assert scan_dataset(root).counts()[split] == {name: 0 for name in CLASSES}
+    Image.new("RGB", (24, 24), (200, 10, 10)).save(folder / "face-1.png")
     index = scan_dataset(root)
-    assert [p.name for p, _ in index.splits["test_site"]] == ["site-1-gate-2026-11-20.png"]
-    assert scan_dataset(root, splits=("test_site",)).counts() == {"test_site": {**{c: 0 for c in CLASSES},
-                                                                                "without_mask": 1}}
+    assert [p.name for p, _ in index.splits[split]] == ["face-1.png"]
+    assert scan_dataset(root, splits=(split,)).counts() == {split: {**{c: 0 for c in CLASSES}, "without_mask": 1}}
     report = check_dataset(root, MAX_PIXELS)
-    assert report.ok and report.counts["test_site"]["without_mask"] == 1 and "test_site" not in report.imbalance
-    assert "test_site" in report.format_text().splitlines()[1]
+    assert report.ok and report.counts[split]["without_mask"] == 1 and split not in report.imbalance
+    assert split in report.format_text().splitlines()[1]
     assert report.fingerprint == dataset_fingerprint(root) != without
+    assert main(["data", "check", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"][split]["without_mask"] == 1
 
-    # The same picture in train and in the site split is leakage, as between train and test.
-    shutil.copy(site / "site-1-gate-2026-11-20.png", root / "train" / "without_mask" / "copy.png")
+    # The same picture in train and in an optional test split is leakage, as between train and test.
+    shutil.copy(folder / "face-1.png", root / "train" / "without_mask" / "copy.png")
     leaked = check_dataset(root, MAX_PIXELS)
-    assert not leaked.ok and leaked.duplicates[0]["test_site"] == ["test_site/without_mask/site-1-gate-2026-11-20.png"]
-    assert "test_site/without_mask/site-1-gate-2026-11-20.png" in leaked.format_text()
+    assert not leaked.ok and leaked.duplicates[0][split] == [f"{split}/without_mask/face-1.png"]
+    assert f"{split}/without_mask/face-1.png" in leaked.format_text()
+    assert main(["data", "check", str(root)]) == 1
+    assert f"{split}/without_mask/face-1.png" in capsys.readouterr().out
 
-    (root / "test_site" / "sunglasses").mkdir()
+    (root / split / "sunglasses").mkdir()
     with pytest.raises(MaskjobError, match=r"unknown class folders \['sunglasses'\]"):
         scan_dataset(root)
+
+
+def test_training_stream_gets_the_camera_corruptions(synthetic_dataset, settings_factory):
+    from maskjob.ml.augment import CameraCorruptions
+    from maskjob.ml.loaders import CAMERA_CORRUPTIONS
+
+    root = synthetic_dataset(n_train=6, n_test=2)
+    settings = settings_factory(batch_size=6, num_workers=0, seed=3)
+    default = make_loaders(root, 24, settings, IMAGENET_MEAN, IMAGENET_STD)
+    assert default.train.dataset.transform.transforms[-1] is CAMERA_CORRUPTIONS
+    assert default.val.dataset.transform is None and default.test.dataset.transform is None
+    # Every frame dark or greyscale: the training images change, the test images do not.
+    night = CameraCorruptions(low_light_p=1.0)
+    plain = make_loaders(root, 24, settings, IMAGENET_MEAN, IMAGENET_STD, corruptions=None)
+    dark = make_loaders(root, 24, settings, IMAGENET_MEAN, IMAGENET_STD, corruptions=night)
+    assert plain.train.dataset.transform.transforms[-1] is not CAMERA_CORRUPTIONS
+    torch.manual_seed(0)
+    np.random.seed(0)
+    images = torch.stack([dark.train.dataset[i][0] for i in range(len(dark.train.dataset))]).float()
+    grey = (images[:, 0] == images[:, 1]).flatten(1).all(1) & (images[:, 1] == images[:, 2]).flatten(1).all(1)
+    raw = plain.train.dataset.images.float()
+    assert bool((grey | (images.mean((1, 2, 3)) < 0.8 * raw.mean((1, 2, 3)))).all())
+    assert torch.equal(_epoch(dark.test)[0], _epoch(plain.test)[0])

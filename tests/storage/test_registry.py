@@ -179,6 +179,17 @@ def test_register_rejects_missing_and_corrupt_files(migrated_db_url, tmp_path):
 
 # --- promotion against the database ------------------------------------------------------
 
+def fill_split(root: Path, split: str, per_class: int) -> None:
+    """``per_class`` distinct tiny images in every class folder of ``root/split`` (an optional split)."""
+    from PIL import Image
+
+    for i, name in enumerate(CLASSES):
+        folder = root / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            Image.new("RGB", (8, 8), (i * 60, k, 7)).save(folder / f"{split}-{k}.png")
+
+
 class FakeEvaluator:
     """``path -> metrics`` from a table, recording which checkpoints were evaluated."""
 
