@@ -25,6 +25,7 @@ from torch import nn
 from maskjob import CLASSES
 from maskjob.errors import MaskjobError
 from maskjob.imageio import output_dir
+from maskjob.ml.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, model_logits, probabilities
 from maskjob.ml.loaders import normalize, resize_rgb
 from maskjob.ml.models import create_model
 from maskjob.vocab import ARCHS as ARCH_NAMES
@@ -194,9 +195,23 @@ def _check_meta(path: Path, meta: Any) -> dict[str, Any]:
         raise _bad(path, "meta 'pretrained_weights'", "None or a dict of plain JSON values", weights)
     if "diverged" in meta and not isinstance(meta["diverged"], bool):
         raise _bad(path, "meta 'diverged'", "true or false", meta["diverged"])
+    _check_calibration(path, meta)
     if not isinstance(meta["state_sha256"], str):
         raise _bad(path, "meta 'state_sha256'", "a sha256 in hex (str)", meta["state_sha256"])
     return meta
+
+
+def _check_calibration(path: Path, meta: dict[str, Any]) -> None:
+    """The optional calibration keys: ``temperature`` (absent on old checkpoints: T = 1),
+    ``tta_flip`` and ``calibration`` (the validation summary)."""
+    t = meta.get("temperature", 1.0)
+    if not _is_real(t) or not math.isfinite(t) or not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:
+        raise _bad(path, "meta 'temperature'", f"a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}", t)
+    if not isinstance(meta.get("tta_flip", False), bool):
+        raise _bad(path, "meta 'tta_flip'", "true or false", meta["tta_flip"])
+    calibration = meta.get("calibration")
+    if calibration is not None and (not isinstance(calibration, dict) or not _json_like(calibration)):
+        raise _bad(path, "meta 'calibration'", "None or a dict of plain JSON values", calibration)
 
 
 def _names(names: Sequence[str]) -> str:
@@ -309,7 +324,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 @dataclass
 class Classifier:
-    """A trained model ready to score RGB face crops."""
+    """A trained model ready to score RGB face crops, with the checkpoint's temperature and
+    test-time flip setting applied to every probability it gives."""
 
     model: nn.Module
     meta: dict[str, Any]
@@ -317,6 +333,16 @@ class Classifier:
     @property
     def image_size(self) -> int:
         return int(self.meta["image_size"])
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature (1.0 for a checkpoint saved before calibration)."""
+        return float(self.meta.get("temperature", 1.0))
+
+    @property
+    def tta_flip(self) -> bool:
+        """Whether probabilities average the crop and its mirror image."""
+        return bool(self.meta.get("tta_flip", False))
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Resize RGB uint8 ``(H, W, 3)`` arrays to the model input and normalise.
@@ -336,7 +362,8 @@ class Classifier:
         return normalize(torch.from_numpy(batch).permute(0, 3, 1, 2), self.meta["mean"], self.meta["std"])
 
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Class probabilities in ``CLASSES`` order, one batched forward pass.
+        """Calibrated class probabilities in ``CLASSES`` order: softmax of the logits divided by
+        :attr:`temperature`, averaged with the mirror image's when :attr:`tta_flip`.
 
         Args:
             images: RGB uint8 arrays of any size.
@@ -347,8 +374,8 @@ class Classifier:
         if len(images) == 0:
             return np.zeros((0, len(CLASSES)), dtype=np.float32)
         with torch.inference_mode():
-            logits = self.model(self.preprocess(images))
-        return torch.softmax(logits.float(), dim=1).numpy()
+            views = model_logits(self.model, self.preprocess(images), flip=self.tta_flip)
+        return probabilities(views, self.temperature)
 
 
 def load_classifier(path: str | Path) -> Classifier:

@@ -21,11 +21,12 @@ from torch.utils.data import DataLoader
 from maskjob import CLASSES
 from maskjob.config import Settings, load_settings
 from maskjob.errors import MaskjobError
+from maskjob.ml.calibration import expected_calibration_error, model_logits, probabilities
 from maskjob.ml.checkpoint import load_classifier
 from maskjob.ml.dataset import ALL_SPLITS, scan_dataset
 from maskjob.ml.loaders import decode_images
 
-__all__ = ["classification_metrics", "evaluate_checkpoint", "format_report", "predict_loader"]
+__all__ = ["classification_metrics", "evaluate_checkpoint", "format_report", "loader_logits", "predict_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +34,16 @@ LABELS = list(range(len(CLASSES)))
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix, loss.
+    """Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix, loss, ECE.
 
     Args:
         labels: true class indices ``(N,)``, N >= 1.
         probs: predicted probabilities ``(N, 3)`` in ``CLASSES`` order.
 
     Returns:
-        JSON-serialisable metrics; ``loss`` is the mean cross-entropy (None when any
-        probability is NaN/inf, and then ``finite`` is False).
+        JSON-serialisable metrics; ``loss`` is the mean cross-entropy and ``ece`` the
+        expected calibration error over 15 confidence bins (both None when any probability
+        is NaN/inf, and then ``finite`` is False).
     """
     finite = bool(np.isfinite(probs).all())
     preds = np.nan_to_num(probs, nan=-1.0).argmax(axis=1)
@@ -64,24 +66,39 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, A
         "confusion_matrix": confusion_matrix(labels, preds, labels=LABELS).tolist(),
         "n_images": int(len(labels)),
         "loss": loss,
+        "ece": expected_calibration_error(probs, labels) if finite else None,
         "finite": finite,
     }
 
 
-def predict_loader(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def loader_logits(model: nn.Module, loader: DataLoader, *,
+                  flip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run a model in eval mode over a loader of ``(images, labels, indices)``.
+
+    Returns:
+        ``(labels, logits, indices)``; logits ``(V, N, C)`` with V = 2 when ``flip`` (the
+        mirror images too, :func:`maskjob.ml.calibration.model_logits`).
+    """
+    model.eval()
+    labels, views, indices = [], [], []
+    with torch.inference_mode():
+        for images, y, idx in loader:
+            views.append(model_logits(model, images, flip=flip).numpy())
+            labels.append(y.numpy())
+            indices.append(idx.numpy())
+    return np.concatenate(labels), np.concatenate(views, axis=1), np.concatenate(indices)
+
+
+def predict_loader(model: nn.Module, loader: DataLoader, *, flip: bool = False,
+                   temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`loader_logits`, with the logits turned into probabilities (divided by
+    ``temperature``, averaged over the mirror image when ``flip``).
 
     Returns:
         ``(labels, probs, indices)`` as numpy arrays.
     """
-    model.eval()
-    labels, probs, indices = [], [], []
-    with torch.inference_mode():
-        for images, y, idx in loader:
-            probs.append(torch.softmax(model(images).float(), dim=1).numpy())
-            labels.append(y.numpy())
-            indices.append(idx.numpy())
-    return np.concatenate(labels), np.concatenate(probs), np.concatenate(indices)
+    labels, views, indices = loader_logits(model, loader, flip=flip)
+    return labels, probabilities(views, temperature), indices
 
 
 def evaluate_checkpoint(
@@ -95,12 +112,15 @@ def evaluate_checkpoint(
     Args:
         ckpt_path: the checkpoint.
         data_root: the dataset root; only ``<data_root>/<split>/<class>/`` must exist.
-        split: ``test``, ``train`` or ``test_site`` (the reviewed site faces, when exported).
+        split: ``test``, ``train``, ``test_unseen`` (held-out styles) or ``test_site`` (the
+            reviewed site faces, when exported).
         settings: ``batch_size`` and ``max_image_pixels`` (default: loaded settings).
 
     Returns:
         :func:`classification_metrics` plus ``arch``, ``split``, ``checkpoint``,
-        ``n_unreadable`` and ``predictions`` (``{path, true, pred, probs}`` per image).
+        ``n_unreadable``, the checkpoint's ``temperature``, ``tta_flip`` and validation
+        ``calibration`` (None for a checkpoint from before calibration) and ``predictions``
+        (``{path, true, pred, probs}`` per image, calibrated probabilities).
     """
     if split not in ALL_SPLITS:
         raise MaskjobError(f"unknown split {split!r}; choose one of {list(ALL_SPLITS)}")
@@ -128,6 +148,9 @@ def evaluate_checkpoint(
         split=split,
         checkpoint=str(Path(ckpt_path).resolve()),
         n_unreadable=n_unreadable,
+        temperature=classifier.temperature,
+        tta_flip=classifier.tta_flip,
+        calibration=classifier.meta.get("calibration"),
         predictions=[
             {"path": str(path), "true": CLASSES[t], "pred": CLASSES[q], "probs": [float(v) for v in row]}
             for path, t, q, row in zip(paths, y.tolist(), list(preds), p)
@@ -143,6 +166,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"{report.get('arch', 'model')} on {report.get('split', '?')}: {report['n_images']} images, "
         f"accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"
+        + ("" if report.get("ece") is None else f", ECE {report['ece']:.4f}")
         + ("" if report["finite"] else "  (NON-FINITE OUTPUTS)"),
         f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]

@@ -1,8 +1,11 @@
 """Training: one loop for every architecture, early stopping on validation macro-F1, the
-best epoch saved as a checkpoint with its history and test metrics.
+best epoch calibrated (temperature scaling on validation) and saved as a checkpoint with its
+history and test metrics.
 
 Transfer models train in two phases: the new head with the backbone frozen, then the
-backbone's last stage too, at a lower learning rate.
+backbone's last stage too, at a lower learning rate. Options (settings, off by default):
+label smoothing in the loss, mixup of training batches, test-time flip averaging (stored in
+the checkpoint, so scoring does what evaluation measured).
 
 Example:
     >>> result = train_model("cnn", "data/dataset", "data/models", settings)   # doctest: +SKIP
@@ -31,14 +34,15 @@ from tqdm.auto import tqdm
 from maskjob import CLASSES, __version__
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
+from maskjob.ml.calibration import calibration_summary
 from maskjob.ml.checkpoint import save_checkpoint
 from maskjob.ml.dataset import dataset_fingerprint, scan_dataset
-from maskjob.ml.evaluate import classification_metrics, predict_loader
+from maskjob.ml.evaluate import classification_metrics, loader_logits, predict_loader
 from maskjob.ml.loaders import Loaders, make_loaders
 from maskjob.ml.models import ARCHS, create_model, set_trainable
 from maskjob.vocab import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
-__all__ = ["Phase", "TrainResult", "make_optimizer", "phases_for", "train_model", "train_one_epoch"]
+__all__ = ["Phase", "TrainResult", "batch_loss", "make_optimizer", "phases_for", "train_model", "train_one_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +73,6 @@ HEAD_LR = 2e-3
 LAST_STAGE_LR = 4e-4
 HEAD_EPOCHS = 2
 WEIGHT_DECAY = 1e-4
-LABEL_SMOOTHING = 0.05
 
 
 def phases_for(arch: str, max_epochs: int) -> list[Phase]:
@@ -120,26 +123,47 @@ def _train_mode(model: nn.Module) -> None:
             module.eval()
 
 
+def batch_loss(
+    model: nn.Module, images: torch.Tensor, y: torch.Tensor, *, label_smoothing: float = 0.0, mixup_alpha: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss of one batch: cross-entropy with ``label_smoothing``; with
+    ``mixup_alpha > 0`` the batch is blended with a shuffled copy of itself (weight
+    ``lam ~ Beta(alpha, alpha)``) and the loss blends both label sets the same way.
+
+    Returns:
+        ``(loss, logits)``.
+    """
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if mixup_alpha <= 0 or len(y) < 2:
+        logits = model(images)
+        return criterion(logits, y), logits
+    lam = float(np.random.beta(mixup_alpha, mixup_alpha))
+    order = torch.randperm(len(y))
+    logits = model(lam * images + (1 - lam) * images[order])
+    return lam * criterion(logits, y) + (1 - lam) * criterion(logits, y[order]), logits
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     desc: str,
+    *,
+    label_smoothing: float = 0.0,
+    mixup_alpha: float = 0.0,
 ) -> dict[str, float]:
-    """One pass over the training loader.
+    """One pass over the training loader (:func:`batch_loss` per batch).
 
     Returns:
         ``train_loss``, ``train_acc``, ``train_macro_f1`` and ``finite`` (False when a
         loss was NaN/inf; the epoch stops there).
     """
     _train_mode(model)
-    criterion = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
     total_loss, n_seen, finite = 0.0, 0, True
     labels, preds = [], []
     for images, y, _ in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
-        logits = model(images)
-        loss = criterion(logits, y)
+        loss, logits = batch_loss(model, images, y, label_smoothing=label_smoothing, mixup_alpha=mixup_alpha)
         if not torch.isfinite(loss):
             finite = False
             break
@@ -172,7 +196,7 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _fit(
-    model: nn.Module, arch: str, loaders: Loaders, max_epochs: int, patience: int
+    model: nn.Module, arch: str, loaders: Loaders, max_epochs: int, settings: Settings
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], int, bool]:
     history: list[dict[str, Any]] = []
     best_state, best_f1, best_epoch, diverged = _snapshot(model), -1.0, 0, False
@@ -189,7 +213,8 @@ def _fit(
         for _ in range(phase.epochs):
             epoch += 1
             started = time.perf_counter()
-            train = train_one_epoch(model, loaders.train, optimizer, scheduler, f"{arch} epoch {epoch}")
+            train = train_one_epoch(model, loaders.train, optimizer, scheduler, f"{arch} epoch {epoch}",
+                                    label_smoothing=settings.label_smoothing, mixup_alpha=settings.mixup_alpha)
             val = _evaluate(model, loaders.val)
             row = {
                 "epoch": epoch,
@@ -217,8 +242,9 @@ def _fit(
                 best_state, best_f1, best_epoch, since_best = _snapshot(model), val["macro_f1"], epoch, 0
             else:
                 since_best += 1
-                if since_best >= patience:
-                    logger.info("%s: no val macro-F1 gain for %d epochs; stopping %s phase", arch, patience, phase.name)
+                if since_best >= settings.patience:
+                    logger.info("%s: no val macro-F1 gain for %d epochs; stopping %s phase",
+                                arch, settings.patience, phase.name)
                     break
         if diverged:
             break
@@ -278,14 +304,27 @@ def train_model(
     epochs = max_epochs or min(spec.epochs, settings.max_epochs)
     fingerprint = dataset_fingerprint(data_root)
     loaders = make_loaders(data_root, size, settings, spec.mean, spec.std)
-    best_state, history, best_epoch, diverged = _fit(model, arch, loaders, epochs, settings.patience)
+    best_state, history, best_epoch, diverged = _fit(model, arch, loaders, epochs, settings)
     model.load_state_dict(best_state)
-    test = _evaluate(model, loaders.test)
+    calibration = _calibrate(model, loaders.val, settings.tta_flip)
+    labels, probs, _ = predict_loader(model, loaders.test, flip=settings.tta_flip,
+                                      temperature=calibration["temperature"])
+    test = {**classification_metrics(labels, probs), "calibration": calibration}
     meta = _checkpoint_meta(arch, size, spec, settings, fingerprint, test, history, best_epoch, diverged,
                             n_skipped=len(loaders.skipped), seconds=time.perf_counter() - started,
                             pretrained_weights=model.pretrained_weights)
     path = _save(Path(out_dir), arch, best_state, meta)
     return TrainResult(checkpoint_path=path, meta=meta)
+
+
+def _calibrate(model: nn.Module, val: torch.utils.data.DataLoader, flip: bool) -> dict[str, Any]:
+    """Temperature scaling on the validation split (:func:`calibration_summary`), logged."""
+    labels, views, _ = loader_logits(model, val, flip=flip)
+    summary = calibration_summary(views, labels)
+    if summary["ece_before"] is not None:
+        logger.info("temperature %.3f: validation ECE %.4f -> %.4f, NLL %.4f -> %.4f", summary["temperature"],
+                    summary["ece_before"], summary["ece_after"], summary["nll_before"], summary["nll_after"])
+    return summary
 
 
 def _checkpoint_meta(arch: str, size: int, spec: Any, settings: Settings, fingerprint: str, test: dict[str, Any],
@@ -310,6 +349,11 @@ def _checkpoint_meta(arch: str, size: int, spec: Any, settings: Settings, finger
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "maskjob_version": __version__,
         "pretrained_weights": pretrained_weights,
+        "temperature": test["calibration"]["temperature"],
+        "tta_flip": settings.tta_flip,
+        "calibration": test["calibration"],
+        "label_smoothing": settings.label_smoothing,
+        "mixup_alpha": settings.mixup_alpha,
     }
 
 

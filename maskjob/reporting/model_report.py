@@ -1,10 +1,13 @@
 """The model report: the custom CNN and the transfer model side by side, and inside them.
 
 Per model: training curves, confusion matrix, per-class precision/recall/F1, the promotion
-decision, the site split's scores beside the test split's when promotion scored it
-(``test_site``: reviewed faces of this site's cameras, :mod:`maskjob.review.export`), first-layer filters, early/middle/late feature maps of the same sample faces,
-Grad-CAM for correct and wrong predictions of each class, and the most confidently wrong
-test images. One self-contained HTML file, like the compliance report.
+decision, every evaluated split side by side (``test``; ``test_unseen``, the held-out mask
+styles and identities; ``test_site``, reviewed faces of this site's cameras,
+:mod:`maskjob.review.export`), the calibration (a reliability diagram of the validation split
+before and after temperature scaling, ECE and NLL), first-layer filters, early/middle/late
+feature maps of the same sample faces, Grad-CAM for correct and wrong predictions of each
+class, and the most confidently wrong test images. One self-contained HTML file, like the
+compliance report.
 
 Example:
     >>> path = render_model_report(engine, settings)   # champion + latest of the other family  # doctest: +SKIP
@@ -34,7 +37,7 @@ from maskjob.reporting.compliance_data import clean_reason
 from maskjob.reporting.render import CHART_RC, figure_data_uri, png_data_uri, template_environment
 from maskjob.storage.database import session
 from maskjob.storage.schema import ModelVersion, PromotionDecision
-from maskjob.vocab import CUSTOM_ARCHS, SITE_TEST_SPLIT, slug
+from maskjob.vocab import CUSTOM_ARCHS, HELDOUT_SPLIT, SITE_TEST_SPLIT, slug
 
 __all__ = ["render_model_report", "pick_versions", "family"]
 
@@ -44,6 +47,19 @@ SAMPLES_PER_CLASS = 2
 CAM_PER_CASE = 2
 CONFIDENT_WRONG = 6
 DISPLAY_PX = 112
+# The splits the report can show, in column order, and what each one measures.
+SPLIT_LABELS: dict[str, str] = {
+    "test": "test (training's styles)",
+    HELDOUT_SPLIT: "held-out styles",
+    SITE_TEST_SPLIT: "site reviews",
+}
+# Per optional split: what its images are, and what its figures say.
+SPLIT_NOTES: dict[str, tuple[str, str]] = {
+    HELDOUT_SPLIT: ("images", ("Mask styles and identities the training never saw: the figure that says how the "
+                               "model does on faces unlike the demo's.")),
+    SITE_TEST_SPLIT: ("reviewed faces of this site's cameras", ("Faces reviewers labelled, kept out of training by "
+                      "camera and day: the figure that says how the model does at these cameras.")),
+}
 
 
 def family(arch: str) -> str:
@@ -94,18 +110,56 @@ def _decision(engine: Engine, mv: ModelVersion) -> dict[str, Any] | None:
         }
 
 
-def _site_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """The test_site evaluation promotion stored (``metrics["splits"]["test_site"]``), or ``None``."""
-    splits = metrics.get("splits")
-    site = splits.get(SITE_TEST_SPLIT) if isinstance(splits, dict) else None
-    if not isinstance(site, dict):
-        return None
-    per_class = site.get("per_class") if isinstance(site.get("per_class"), dict) else {}
+def _split_scores(name: str, scores: dict[str, Any]) -> dict[str, Any]:
+    per_class = scores.get("per_class") if isinstance(scores.get("per_class"), dict) else {}
     return {
-        "split": SITE_TEST_SPLIT, "macro_f1": site.get("macro_f1"), "accuracy": site.get("accuracy"),
-        "n_images": site.get("n_images"), "evaluated_at": str(site.get("evaluated_at") or "")[:16].replace("T", " "),
+        "split": name, "label": SPLIT_LABELS[name], "macro_f1": scores.get("macro_f1"),
+        "accuracy": scores.get("accuracy"), "ece": scores.get("ece"), "n_images": scores.get("n_images"),
+        "evaluated_at": str(scores.get("evaluated_at") or "")[:16].replace("T", " "),
+        "units": SPLIT_NOTES.get(name, ("images", ""))[0], "note": SPLIT_NOTES.get(name, ("images", ""))[1],
         "per_class": [{"name": c, **per_class[c]} for c in CLASSES if isinstance(per_class.get(c), dict)],
     }
+
+
+def _splits(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every split evaluated for this version, in :data:`SPLIT_LABELS` order: the ones promotion
+    stored (``metrics["splits"]``), ``test`` falling back to the training run's test metrics."""
+    stored = metrics.get("splits") if isinstance(metrics.get("splits"), dict) else {}
+    found = {name: stored[name] for name in SPLIT_LABELS if isinstance(stored.get(name), dict)}
+    if "test" not in found and "macro_f1" in metrics:
+        found["test"] = metrics
+    return [_split_scores(name, found[name]) for name in SPLIT_LABELS if name in found]
+
+
+def _reliability_chart(calibration: dict[str, Any]) -> tuple[str, tuple[int, int]] | None:
+    """Accuracy against confidence per bin on the validation split, before and after scaling."""
+    curves = [(when, calibration.get(f"reliability_{when}") or []) for when in ("before", "after")]
+    if not any(bins for _, bins in curves):
+        return None
+    with rc_context(CHART_RC):
+        fig = Figure(figsize=(3.6, 3.1), layout="constrained")
+        ax = fig.subplots()
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+        for (when, bins), marker in zip(curves, ("o", "s")):
+            ece = calibration.get(f"ece_{when}")
+            label = f"{'before' if when == 'before' else 'after'} (ECE {'n/a' if ece is None else f'{ece:.3f}'})"
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "-", marker=marker,
+                    markersize=4, label=label)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=7, loc="upper left")
+        return figure_data_uri(fig)
+
+
+def _calibration(calibration: Any) -> dict[str, Any] | None:
+    """What the report shows of a checkpoint's validation calibration (None when it has none)."""
+    if not isinstance(calibration, dict):
+        return None
+    keys = ("temperature", "n_images", "ece_before", "ece_after", "nll_before", "nll_after")
+    return {**{k: calibration.get(k) for k in keys}, "chart": _reliability_chart(calibration)}
 
 
 def _curves_chart(history: Sequence[dict[str, Any]]) -> tuple[str, tuple[int, int]] | None:
@@ -249,7 +303,7 @@ def _model_section(engine: Engine, settings: Settings, mv: ModelVersion,
         "accuracy": (mv.metrics or {}).get("accuracy"), "decision_reason": mv.decision_reason,
         "checkpoint": Path(mv.checkpoint_path).name, "decision": _decision(engine, mv),
         "problems": [], "curves": None, "confusion": None, "per_class": [], "inside": None,
-        "site": _site_scores(dict(mv.metrics or {})),
+        "tta_flip": None,
     }
     metrics = dict(mv.metrics or {})
     try:
@@ -259,6 +313,7 @@ def _model_section(engine: Engine, settings: Settings, mv: ModelVersion,
         clf = None
     if clf is not None:
         metrics = {**clf.meta.get("metrics", {}), **metrics}
+        section["tta_flip"] = clf.tta_flip
         section["curves"] = _curves_chart(clf.meta.get("history") or [])
         if samples is None:
             section["problems"].append("no test split under the dataset root: feature maps and Grad-CAM need it.")
@@ -266,6 +321,8 @@ def _model_section(engine: Engine, settings: Settings, mv: ModelVersion,
             report = evaluate_checkpoint(mv.checkpoint_path, settings.dataset_root, "test", settings)
             tests = _TestImages(root=settings.dataset_root, predictions=report["predictions"])
             section["inside"] = _interpretation(clf, tests, samples, settings.max_image_pixels)
+    section["splits"] = _splits(metrics)
+    section["calibration"] = _calibration(metrics.get("calibration"))
     section["confusion"] = _confusion_chart(metrics.get("confusion_matrix") or [])
     section["per_class"] = [{"name": c, **metrics["per_class"][c]} for c in CLASSES if c in metrics.get("per_class", {})]
     return section
@@ -299,6 +356,7 @@ def render_model_report(engine: Engine, settings: Settings, version: str | None 
         columns=len(sections),
         sections=sections,
         classes=CLASSES,
+        split_labels=SPLIT_LABELS,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         maskjob_version=maskjob.__version__,
     )

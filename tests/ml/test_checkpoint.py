@@ -90,6 +90,13 @@ CORRUPT_META: list[tuple[str, Any, str]] = [
     ("maskjob_version", 1, "meta 'maskjob_version' must be a str"),
     ("pretrained_weights", "mobilenet.pth", "meta 'pretrained_weights' must be None or a dict"),
     ("diverged", "no", "meta 'diverged' must be true or false"),
+    ("temperature", 0.0, "meta 'temperature' must be a number from 0.25 to 10"),
+    ("temperature", -1.0, "meta 'temperature' must be a number"),
+    ("temperature", math.inf, "meta 'temperature' must be a number"),
+    ("temperature", "1.5", "meta 'temperature' must be a number"),
+    ("temperature", True, "meta 'temperature' must be a number"),
+    ("tta_flip", "yes", "meta 'tta_flip' must be true or false"),
+    ("calibration", [0.1], "meta 'calibration' must be None or a dict"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_evaluate_checkpoint_matches_classifier(trained):
     direct = clf.predict_proba([read_rgb(first["path"])])[0]
     assert np.allclose(first["probs"], direct, atol=1e-5)
     assert first["pred"] == CLASSES[int(np.argmax(direct))]
-    assert "confusion matrix" in format_report(report)
+    assert "confusion matrix" in format_report(report) and f", ECE {report['ece']:.4f}" in format_report(report)
 
 
 def test_evaluate_cli_json_and_table(trained, capsys):
@@ -210,3 +211,79 @@ def test_tiny_checkpoints_fixture(tiny_checkpoints, tiny_demo):
         assert clf.predict_proba([rgb]).shape == (1, 3)
     meta = load_classifier(tiny_checkpoints["mobilenet_v2"]).meta
     assert meta["pretrained_weights"]["file"] == "mobilenet_v2-b0353104.pth"
+
+
+# --- calibration and the training options -------------------------------------------------
+
+def _resaved(tmp_path, source, name, drop=(), **meta_changes):
+    """A copy of checkpoint ``source`` with meta keys changed and the ``drop`` keys removed."""
+    state, meta = load_checkpoint(source)
+    meta = {k: v for k, v in {**meta, **meta_changes}.items() if k not in (*drop, "state_sha256")}
+    return save_checkpoint(tmp_path / name, state, meta)
+
+
+def _test_crops(root):
+    return [read_rgb(p) for c in CLASSES for p in sorted((root / "test" / c).iterdir())[:2]]
+
+
+def test_training_fits_and_stores_a_temperature(trained):
+    _, _, result = trained
+    meta = result.meta
+    calibration = meta["calibration"]
+    assert meta["temperature"] == calibration["temperature"] and meta["tta_flip"] is False
+    assert (meta["label_smoothing"], meta["mixup_alpha"]) == (0.0, 0.0)
+    assert calibration["n_images"] == 12 and calibration["n_bins"] == 15  # the validation split
+    assert calibration["ece_after"] < calibration["ece_before"]
+    assert calibration["nll_after"] < calibration["nll_before"]
+    assert meta["metrics"]["calibration"] == calibration and meta["metrics"]["ece"] is not None
+
+
+def test_the_stored_temperature_is_applied_and_old_checkpoints_score_as_before(trained, tmp_path):
+    root, settings, result = trained
+    crops = _test_crops(root)
+    old = _resaved(tmp_path, result.checkpoint_path, "old.pt", drop=("temperature", "tta_flip", "calibration"))
+    clf = load_classifier(old)
+    assert clf.temperature == 1.0 and clf.tta_flip is False
+    with torch.inference_mode():
+        raw = torch.softmax(clf.model(clf.preprocess(crops)), dim=1).numpy()
+    assert np.allclose(clf.predict_proba(crops), raw, atol=1e-6)  # T = 1: what it scored before
+
+    hot = load_classifier(_resaved(tmp_path, result.checkpoint_path, "hot.pt", temperature=4.0))
+    with torch.inference_mode():
+        logits = hot.model(hot.preprocess(crops))
+    probs = hot.predict_proba(crops)
+    assert np.allclose(probs, torch.softmax(logits / 4.0, dim=1).numpy(), atol=1e-6)
+    assert probs.max(axis=1).mean() < raw.max(axis=1).mean() - 0.05  # softer, same labels
+    assert (probs.argmax(1) == raw.argmax(1)).all()
+
+    report = evaluate_checkpoint(tmp_path / "hot.pt", root, "test", settings)
+    assert report["temperature"] == 4.0 and report["calibration"] == result.meta["calibration"]
+    first = report["predictions"][0]
+    assert np.allclose(first["probs"], hot.predict_proba([read_rgb(first["path"])])[0], atol=1e-6)
+    old_report = evaluate_checkpoint(old, root, "test", settings)
+    assert old_report["temperature"] == 1.0 and old_report["calibration"] is None
+    assert old_report["macro_f1"] == report["macro_f1"] and old_report["ece"] != report["ece"]
+
+
+def test_flip_averaging_is_stored_and_applied(trained, tmp_path):
+    root, _, result = trained
+    crops = [crop.copy() for crop in _test_crops(root)]
+    for crop in crops:
+        crop[:, : crop.shape[1] // 2] = 0  # half dark: the mirror image is another face
+    flip = load_classifier(_resaved(tmp_path, result.checkpoint_path, "flip.pt", tta_flip=True, temperature=1.0))
+    assert flip.tta_flip is True
+    mirrored = [np.ascontiguousarray(c[:, ::-1]) for c in crops]
+    plain = load_classifier(_resaved(tmp_path, result.checkpoint_path, "plain.pt", temperature=1.0))
+    expected = (plain.predict_proba(crops) + plain.predict_proba(mirrored)) / 2
+    assert np.allclose(flip.predict_proba(crops), expected, atol=1e-5)
+    assert np.abs(flip.predict_proba(crops) - plain.predict_proba(crops)).max() > 0.01
+
+
+def test_training_options_are_used_and_recorded(trained, tmp_path):
+    root, settings, result = trained
+    options = dataclasses.replace(settings, label_smoothing=0.1, mixup_alpha=0.4, tta_flip=True)
+    meta = train_model("cnn", root, tmp_path, options, max_epochs=1, image_size=32).meta
+    assert (meta["label_smoothing"], meta["mixup_alpha"], meta["tta_flip"]) == (0.1, 0.4, True)
+    assert meta["history"][0]["train_loss"] != result.meta["history"][0]["train_loss"]
+    clf = load_classifier(tmp_path / "cnn.pt")
+    assert clf.tta_flip is True and clf.temperature == meta["temperature"]

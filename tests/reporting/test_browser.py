@@ -133,6 +133,6 @@ def test_model_report_renders_offline(browser, registered, tiny_demo, tmp_path: 
     _assert_clean(seen)
     images = _images(page)
     assert all(i["complete"] and i["w"] > 0 and i["h"] > 0 and i["scheme"] == "data" for i in images)
-    assert sum(i["cls"] == "chart" for i in images) == 4  # curves + confusion matrix, two models
+    assert sum(i["cls"] == "chart" for i in images) == 6  # curves, reliability diagram, confusion matrix; two models
     assert sum(i["kind"] in ("correct", "wrong") for i in images) > 0
     assert PILImage.open(tmp_path / "model.png").size[1] > 900

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html as htmllib
 import re
 from pathlib import Path
@@ -80,6 +81,31 @@ def test_model_report_shows_both_families_with_their_numbers(registered, tiny_de
     assert confident.count('<figure data-kind="wrong">') == sum(min(6, n) for n in wrong_by_model)
     assert str(tiny_demo.root) not in html and str(tmp_path) not in html
 
+    # every split promotion scored, side by side, and the calibration of each model
+    table = html[html.index('id="splits"'):html.index('id="calibration"')]
+    calibration = html[html.index('id="calibration"'):html.index('id="test-metrics"')]
+    for mv in (cnn, transfer):
+        with database.session(engine) as s:
+            stored = s.get(schema.ModelVersion, mv.id).metrics
+        mine = table[table.index(f'<table data-version="{mv.version}">'):]
+        mine = mine[:mine.index("</table>")]
+        assert re.findall(r'<th class="num" data-split="(\w+)">', mine) == ["test", "test_unseen"]
+        for split in ("test", "test_unseen"):
+            scores = stored["splits"][split]
+            assert f'data-split="{split}" data-metric="macro_f1">{scores["macro_f1"]:.3f}<' in mine
+            recall = scores["per_class"]["partial_mask"]["recall"]
+            assert f'data-split="{split}" data-metric="recall_partial_mask">{recall:.3f}<' in mine
+            assert f'data-split="{split}" data-metric="ece">{scores["ece"]:.3f}<' in mine
+        fitted = load_classifier(mv.checkpoint_path).meta["calibration"]
+        block = calibration[calibration.index(f'<table data-calibration="{mv.version}">'):]
+        assert f'data-metric="temperature">{fitted["temperature"]:.3f}<' in block
+        assert f'data-metric="ece_before">{fitted["ece_before"]:.3f}<' in block
+        assert f'data-metric="ece_after">{fitted["ece_after"]:.3f}<' in block
+        assert f'alt="reliability diagram of {mv.version}"' in calibration
+    diagram = re.search(r'<img class="chart" src="data:image/svg\+xml;base64,([^"]+)"[^>]*alt="reliability diagram',
+                        calibration)
+    assert b"perfectly calibrated" in base64.b64decode(diagram[1])
+
 
 def test_one_version_and_errors(registered, tiny_demo, tmp_path: Path) -> None:
     from maskjob.reporting.model_report import render_model_report
@@ -91,20 +117,24 @@ def test_one_version_and_errors(registered, tiny_demo, tmp_path: Path) -> None:
     only = versions["mobilenet_v2"].version
     html = render_model_report(engine, tiny_demo.settings, version=only, out_dir=tmp_path).read_text(encoding="utf-8")
     assert f'data-version="{only}"' in html and versions["cnn"].version not in html
-    assert 'data-metric="site_macro_f1"' not in html  # promotion scored no site split
+    assert 'data-metric="test_site_macro_f1"' not in html  # promotion scored no site split
 
     # Scored on the site split by a promotion: its figures stand beside the test split's.
     site = {"macro_f1": 0.4321, "accuracy": 0.5, "n_images": 66, "evaluated_at": "2026-12-08T02:00:00+00:00",
             "per_class": {c: {"precision": 0.25, "recall": 0.125, "f1": 0.1667, "support": 22} for c in CLASSES}}
     with database.session(engine) as s:
         mv = s.get(schema.ModelVersion, versions["cnn"].id)
-        mv.metrics = {**mv.metrics, "splits": {"test_site": site}}
+        mv.metrics = {**mv.metrics, "splits": {**mv.metrics["splits"], "test_site": site}}
     html = render_model_report(engine, tiny_demo.settings, version=versions["cnn"].version,
                                out_dir=tmp_path).read_text(encoding="utf-8")
-    assert 'data-metric="site_macro_f1">0.432<' in html and "66 reviewed faces" in html
-    site_rows = re.findall(r'<tr data-site-class="(\w+)">.*?<td class="num">([\d.]+)</td><td class="num">([\d.]+)</td>'
-                           r'<td class="num">([\d.]+)</td><td class="num">(\d+)</td>', html, flags=re.S)
+    assert 'data-metric="test_site_macro_f1">0.432<' in html and "66 reviewed faces" in html
+    site_rows = re.findall(r'<tr data-split-class="test_site:(\w+)">.*?<td class="num">([\d.]+)</td>'
+                           r'<td class="num">([\d.]+)</td><td class="num">([\d.]+)</td><td class="num">(\d+)</td>',
+                           html, flags=re.S)
     assert site_rows == [(c, "0.250", "0.125", "0.167", "22") for c in CLASSES]
+    table = html[html.index('id="splits"'):html.index('id="calibration"')]
+    assert re.findall(r'<th class="num" data-split="(\w+)">', table) == ["test", "test_unseen", "test_site"]
+    assert '<td class="num" data-split="test_site" data-metric="recall_with_mask">0.125<' in table
     with pytest.raises(MaskjobError, match="not registered"):
         render_model_report(engine, tiny_demo.settings, version="nope", out_dir=tmp_path)
     url = f"sqlite:///{tmp_path / 'empty.db'}"
