@@ -13,8 +13,10 @@ setup:
 setup-test:
 	scripts/setup.sh --test
 
+# The demo selects mobilenet_v2: its ImageNet file is the one the offline assets provide
+# (the default transfer model, resnet18, needs its own file: `maskjob weights install resnet18 --from FILE`).
 demo: setup
-	.venv/bin/maskjob run
+	.venv/bin/maskjob run --transfer-arch mobilenet_v2
 
 test: setup-test
 	.venv/bin/python -m pytest -p no:cacheprovider tests

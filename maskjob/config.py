@@ -51,8 +51,17 @@ class Settings:
     max_epochs: int = 24
     patience: int = 5
     val_fraction: float = 0.15
-    transfer_arch: str = "mobilenet_v2"
+    # The design card's fine-tuned ResNet. Its ImageNet file must resolve (cache, download) or a
+    # run fails at validation; the offline demo selects mobilenet_v2, whose file its assets hold.
+    transfer_arch: str = "resnet18"
     demo_scale: float = 1.0
+    # train_threads: torch threads per training (0: the CPU cores divided by the trainings that
+    # run at once, loader workers included, at least 1: maskjob.ml.threads); label smoothing and
+    # mixup in the loss, and test-time flip averaging.
+    train_threads: int = 0
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    tta_flip: bool = False
 
     promotion_margin: float = 0.005
     min_macro_f1: float = 0.80
@@ -133,6 +142,9 @@ BOUNDS: dict[str, dict[str, float]] = {
     "patience": {"minimum": 1},
     "val_fraction": {"exclusiveMinimum": 0.0, "exclusiveMaximum": 0.5},
     "demo_scale": {"exclusiveMinimum": 0.0},
+    "train_threads": {"minimum": 0, "maximum": 256},
+    "label_smoothing": {"minimum": 0.0, "exclusiveMaximum": 0.5},
+    "mixup_alpha": {"minimum": 0.0, "maximum": 10.0},
     "promotion_margin": {"minimum": 0.0, "exclusiveMaximum": 1.0},
     "min_macro_f1": {"minimum": 0.0, "maximum": 1.0},
     "min_class_recall": {"minimum": 0.0, "maximum": 1.0},

@@ -41,9 +41,15 @@ from maskjob.config import BOUNDS, Settings, load_settings
 from maskjob.timeutil import zone
 from maskjob.vocab import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TRANSFER_ARCHS
 
-__all__ = ["COMPLIANCE_REPORT", "CONN_ID_ENV", "DAG_ID", "DEFAULT_SCHEDULE", "SCHEDULE_ENV", "build_dag", "dag_params"]
+__all__ = [
+    "COMPLIANCE_REPORT", "CONN_ID_ENV", "DAG_ID", "DEFAULT_SCHEDULE", "SCHEDULE_ENV", "TRAINING_POOL", "TRAINING_TASKS",
+    "build_dag", "dag_params",
+]
 
 DAG_ID = "mask_compliance"
+# The training tasks that a parallel executor runs side by side (train_cnn, train_transfer).
+TRAINING_TASKS = 2
+TRAINING_POOL = "maskjob_training"
 SCHEDULE_ENV = "MASKJOB_DAG_SCHEDULE"
 CONN_ID_ENV = "MASKJOB_DATABASE_CONN_ID"
 # Local midnight to local midnight in the site's zone (site_timezone): 23 or 25 hours on
@@ -69,7 +75,14 @@ DOC_MD = f"""
    since the champion was trained (new reviews change it), the champion is older than
    `retrain_max_age_days`, or `force_retrain` is set; otherwise training is *skipped* and the
    run goes to scoring.
-4. **train_cnn** and **train_transfer** run in parallel.
+   It also checks that the `transfer_arch` model's ImageNet weights resolve (default `resnet18`;
+   the offline demo selects `mobilenet_v2`): without them the run fails here, before training.
+4. **train_cnn** and **train_transfer** run in parallel, each with its share of the worker's
+   CPU (`train_threads`; 0: the cores divided by the {TRAINING_TASKS} trainings, loader workers
+   included). To run them one at a time instead, create a one-slot pool
+   (`airflow pools set {TRAINING_POOL} 1 "maskjob training"`) and give both tasks
+   `pool="{TRAINING_POOL}"`; the tasks do not name it by default, because a task whose pool does
+   not exist is never scheduled.
 5. **register_and_promote** registers both candidates and applies the promotion rules, ranking
    on `test_site` once every class there has `site_split_min_per_class` faces.
 6. **wait_for_late_uploads** (a deferrable sensor) waits until `late_upload_grace_minutes`
@@ -136,6 +149,10 @@ def dag_params(s: Settings) -> dict[str, Param]:
         ),
         "transfer_arch": Param(
             s.transfer_arch, type="string", enum=list(TRANSFER_ARCHS), description="Transfer model."
+        ),
+        "train_threads": Param(
+            s.train_threads, type="integer", **BOUNDS["train_threads"],
+            description=f"Torch threads per training task; 0: the CPU cores / {TRAINING_TASKS}, less loader workers.",
         ),
         "max_epochs": Param(
             s.max_epochs, type="integer", **BOUNDS["max_epochs"], description="Training epochs (upper bound)."
@@ -249,14 +266,15 @@ def build_dag(alert_notifiers: Sequence[BaseNotifier] = ()) -> DAG:
             from maskjob import pipeline
 
             config = _config()
-            return pipeline.train_candidate("cnn", config, image_size=config["image_size"])
+            return pipeline.train_candidate("cnn", config, image_size=config["image_size"], concurrent=TRAINING_TASKS)
 
         @task
         def train_transfer() -> dict[str, Any]:
             from maskjob import pipeline
 
             config = _config()
-            return pipeline.train_candidate(config["transfer_arch"], config, image_size=config["image_size"])
+            return pipeline.train_candidate(config["transfer_arch"], config, image_size=config["image_size"],
+                                            concurrent=TRAINING_TASKS)
 
         @task
         def register_and_promote(cnn: dict[str, Any], transfer: dict[str, Any]) -> dict[str, Any]:

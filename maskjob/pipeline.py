@@ -22,6 +22,7 @@ from maskjob.config import Settings, load_settings
 from maskjob.errors import MaskjobError
 
 __all__ = [
+    "check_transfer_weights",
     "database_url_from_connection",
     "decide_retrain",
     "export_corrections",
@@ -100,14 +101,39 @@ def export_corrections(config: Mapping[str, Any]) -> dict[str, Any]:
     return result.to_dict()
 
 
-def validate_dataset(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Check the training dataset and fingerprint it.
+def check_transfer_weights(settings: Settings) -> dict[str, str]:
+    """Resolve the ImageNet weights of ``settings.transfer_arch`` (cache, else download), before any training.
 
     Returns:
-        The check as a dict (counts, problems) plus ``fingerprint``.
+        The verified file's meta (``file``, ``sha256``, ``source``).
 
     Raises:
-        MaskjobError: a broken dataset, with every problem found and how to fix it.
+        MaskjobError: the weights do not resolve: how to install them, or which transfer model
+            the offline demo's assets provide.
+    """
+    from maskjob.ml.models import OFFLINE_ASSETS, resolve_weights
+
+    try:
+        weights = resolve_weights(settings.transfer_arch, torch_home=settings.torch_home)
+    except MaskjobError as exc:
+        offline = ", ".join(sorted(OFFLINE_ASSETS))
+        raise MaskjobError(
+            f"{exc} Or choose a transfer model whose weights you have: the transfer_arch setting or DAG "
+            f"param (the offline demo's assets provide {offline}: `maskjob run --transfer-arch mobilenet_v2`)."
+        ) from None
+    logger.info("%s weights %s resolve (%s)", settings.transfer_arch, weights.file_name, weights.source)
+    return weights.to_meta()
+
+
+def validate_dataset(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the training dataset and fingerprint it, and check that the transfer model's
+    pretrained weights resolve (:func:`check_transfer_weights`), so a run fails before training.
+
+    Returns:
+        The check as a dict (counts, problems) plus ``fingerprint`` and ``transfer_weights``.
+
+    Raises:
+        MaskjobError: a broken dataset, with every problem found and how to fix it, or missing weights.
     """
     from maskjob.ml.dataset import check_dataset
     from maskjob.storage.registry import json_safe
@@ -121,7 +147,8 @@ def validate_dataset(config: Mapping[str, Any]) -> dict[str, Any]:
         )
     fingerprint = check.fingerprint  # from the same reads as the check: each image is read once
     logger.info("dataset %s is valid (fingerprint %s)", settings.dataset_root, fingerprint[:12])
-    return {**json_safe(check.to_dict()), "fingerprint": fingerprint}
+    weights = check_transfer_weights(settings)
+    return {**json_safe(check.to_dict()), "fingerprint": fingerprint, "transfer_weights": weights}
 
 
 def decide_retrain(
@@ -163,18 +190,22 @@ def decide_retrain(
     return {"retrain": retrain, "reason": reason, "champion": current.version if current else None}
 
 
-def train_candidate(arch: str, config: Mapping[str, Any], *, image_size: int | None = None) -> dict[str, Any]:
+def train_candidate(
+    arch: str, config: Mapping[str, Any], *, image_size: int | None = None, concurrent: int = 1
+) -> dict[str, Any]:
     """Train one candidate into its own new folder under ``models_dir/candidates``.
 
     A fresh folder per attempt keeps a retried or re-run training from overwriting a
-    checkpoint the registry already points at.
+    checkpoint the registry already points at. The process takes its CPU share first
+    (:func:`maskjob.ml.threads.apply_thread_budget`): ``concurrent`` trainings run at once.
 
     Returns:
         ``{"arch", "checkpoint_path", "val_macro_f1", "test_macro_f1"}``.
     """
+    from maskjob.ml.threads import apply_thread_budget
     from maskjob.ml.train import train_model
 
-    settings = run_settings(config)
+    settings = apply_thread_budget(run_settings(config), concurrent=concurrent)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     out_dir = settings.models_dir / "candidates" / f"{stamp}-{arch}"
     result = train_model(arch, settings.dataset_root, out_dir, settings, image_size=image_size)

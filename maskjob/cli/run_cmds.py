@@ -29,7 +29,9 @@ from maskjob.cli import settings_from_args
 from maskjob.cli.console import Console, capture_output, console_handler
 from maskjob.config import Settings
 from maskjob.errors import MaskjobError
+from maskjob.ml.threads import budget_threads
 from maskjob.timeutil import check_year, zone
+from maskjob.vocab import TRANSFER_ARCHS
 
 __all__ = ["add_commands", "airflow_environment", "cmd_run", "conf_from_settings", "logical_date_for"]
 
@@ -55,6 +57,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the demo day, maskjob.demo.builder.DEMO_DAY)")
     p.add_argument("--scale", type=float, help="demo data size factor when building it (default: demo_scale)")
     p.add_argument("--epochs", type=int, help="maximum training epochs per model (default: max_epochs)")
+    p.add_argument("--transfer-arch", choices=TRANSFER_ARCHS,
+                   help="transfer model (default: transfer_arch, resnet18, whose ImageNet weights must be "
+                        "installed; the offline demo uses mobilenet_v2, the file its assets provide)")
     p.add_argument("--image-size", type=int, help="training input size in pixels (default: per architecture)")
     p.add_argument("--shards", type=int, help="scoring shards, one mapped task each (default: shards)")
     p.add_argument("--force-retrain", action="store_true", help="train even when the champion is current")
@@ -78,6 +83,8 @@ def logical_date_for(day: dt.date, tz_name: str = "UTC") -> dt.datetime:
 def conf_from_settings(settings: Settings, *, image_size: int | None = None, force_retrain: bool = False) -> dict[str, Any]:
     """The DAG run conf that makes the tasks use exactly ``settings``.
 
+    ``dag.test()`` runs one task at a time, so each training gets the whole budget
+    (``train_threads`` resolved for one training at once, :func:`maskjob.ml.threads.budget`).
     The database URL is not in it (Airflow stores and shows a run's conf, and the URL may hold
     a password): the in-process tasks read it from ``$MASKJOB_DATABASE_URL`` (set in ``_run_and_report``).
     """
@@ -90,6 +97,7 @@ def conf_from_settings(settings: Settings, *, image_size: int | None = None, for
         "promotion_margin": settings.promotion_margin,
         "transfer_arch": settings.transfer_arch,
         "max_epochs": settings.max_epochs,
+        "train_threads": budget_threads(settings.train_threads, settings.num_workers, concurrent=1),
         "image_size": image_size,
         "force_retrain": force_retrain,
     }
@@ -360,8 +368,11 @@ def _run_and_report(args: argparse.Namespace, settings: Settings, day: dt.date, 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from maskjob.demo.builder import DEMO_DAY, build_demo
+    from maskjob.pipeline import check_transfer_weights
 
-    settings = settings_from_args(args, demo_scale=args.scale, max_epochs=args.epochs, shards=args.shards)
+    settings = settings_from_args(args, demo_scale=args.scale, max_epochs=args.epochs, shards=args.shards,
+                                  transfer_arch=args.transfer_arch)
+    check_transfer_weights(settings)  # the DAG's validation checks again; this fails before any set-up
     day = args.date or DEMO_DAY
     if not (settings.dataset_root.is_dir() and settings.inbox_dir.is_dir()):
         print(f"no dataset/inbox under {settings.data_dir}: building the demo data", flush=True)

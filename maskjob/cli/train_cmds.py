@@ -14,9 +14,10 @@ __all__ = ["add_commands"]
 
 
 def _train(args: argparse.Namespace) -> int:
+    from maskjob.ml.threads import apply_thread_budget
     from maskjob.ml.train import train_model
 
-    settings = settings_from_args(args)
+    settings = apply_thread_budget(settings_from_args(args), concurrent=1)
     result = train_model(
         args.arch,
         args.data or settings.dataset_root,

@@ -107,6 +107,7 @@ def standalone(tmp_path: Path) -> Iterator[Standalone]:
         "MASKJOB_DAG_SCHEDULE": QUIET_SCHEDULE,
         "MASKJOB_ASSETS_DIR": str(REPO_ASSETS),
         "MASKJOB_TORCH_HOME": str(REPO_TORCH_HOME),
+        "MASKJOB_TRANSFER_ARCH": "mobilenet_v2",  # the ImageNet file the offline assets provide
         "MASKJOB_NUM_WORKERS": "0",
         # A 1-epoch model must be allowed to become champion for scoring to happen.
         "MASKJOB_MIN_MACRO_F1": "0",

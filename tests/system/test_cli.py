@@ -149,6 +149,7 @@ RUN_ENV = {
     "MASKJOB_TORCH_HOME": str(REPO_TORCH_HOME),
     "MASKJOB_MIN_MACRO_F1": "0",
     "MASKJOB_MIN_CLASS_RECALL": "0",
+    "MASKJOB_TRANSFER_ARCH": "mobilenet_v2",  # the ImageNet file the offline assets provide
 }
 TASK_LINE = re.compile(r"^  (?P<task>[a-z_]+)(\[(?P<index>\d+)\])? (?P<state>[a-z_]+)( (?P<seconds>\d+\.\d) s)?(: .*)?$")
 
@@ -237,3 +238,57 @@ def test_maskjob_run_shows_why_a_task_failed_and_keeps_the_log(tiny_demo, tmp_pa
     assert "maskjob: error: the DAG run failed at validate_dataset" in done.stderr
     log = Path(done.stdout.splitlines()[-1].split("full log: ", 1)[1])
     assert log.is_file() and "empty.jpg" in log.read_text(encoding="utf-8")
+
+
+# ---- the default transfer model, resnet18, needs its ImageNet file; the demo selects mobilenet_v2 ----
+
+# Downloads go to a closed local port: the weights cannot resolve, online or not.
+OFFLINE_ENV = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+
+
+def _assert_clear_no_weights_error(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert ("maskjob: error: no pretrained weights for resnet18: resnet18-f37072fd.pth is not in the cache"
+            in done.stderr)
+    assert "maskjob weights install resnet18 --from FILE" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_maskjob_run_with_the_resnet18_default_fails_before_any_set_up_without_weights(tmp_path):
+    data = tmp_path / "data"
+    done = maskjob("--data-dir", str(data), "run", cwd=tmp_path, MASKJOB_TORCH_HOME=str(tmp_path / "torch"),
+                   **OFFLINE_ENV)
+    _assert_clear_no_weights_error(done)
+    assert "--transfer-arch mobilenet_v2" in done.stderr
+    assert not (data / "dataset").exists() and not (data / "airflow").exists()  # no demo build, no DAG run
+
+
+def test_maskjob_train_resnet18_fails_before_training_without_weights(tiny_demo, tmp_path):
+    done = maskjob("train", "--arch", "resnet18", "--data", str(tiny_demo.root), "--out", str(tmp_path / "out"),
+                   "--epochs", "1", cwd=tmp_path, MASKJOB_TORCH_HOME=str(tmp_path / "torch"), **OFFLINE_ENV)
+    _assert_clear_no_weights_error(done)
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_demo_selects_mobilenet_v2_whose_weights_the_offline_assets_provide():
+    from maskjob.cli import build_parser
+    from maskjob.ml.models import OFFLINE_ASSETS
+    from tests.fixtures.paths import REPO_ROOT
+
+    recipe = (REPO_ROOT / "Makefile").read_text(encoding="utf-8").split("\ndemo: setup\n", 1)[1].splitlines()[0]
+    argv = recipe.split("maskjob ", 1)[1].split()
+    args = build_parser().parse_args(argv)
+    assert args.func.__name__ == "cmd_run" and args.transfer_arch == "mobilenet_v2"
+    assert args.transfer_arch in OFFLINE_ASSETS
+
+
+def test_maskjob_run_gives_each_in_process_training_every_core(tmp_path):
+    from maskjob.cli.run_cmds import conf_from_settings
+    from maskjob.ml.threads import budget, cpu_cores
+
+    # dag.test() runs one task at a time: the automatic budget is every core, not a share.
+    settings = tiny_settings(tmp_path, num_workers=2)
+    conf = conf_from_settings(settings)
+    assert conf["train_threads"] == budget(0, 2, concurrent=1, cores=cpu_cores())[0]
+    assert conf["transfer_arch"] == "mobilenet_v2"
+    assert conf_from_settings(tiny_settings(tmp_path, train_threads=3))["train_threads"] == 3

@@ -112,7 +112,8 @@ def test_param_defaults_come_from_maskjob_settings(dag):
     assert params["shards"] == defaults.shards
     assert params["retrain_max_age_days"] == defaults.retrain_max_age_days
     assert params["promotion_margin"] == defaults.promotion_margin
-    assert params["transfer_arch"] == defaults.transfer_arch
+    assert params["transfer_arch"] == defaults.transfer_arch == "resnet18"  # the design card's ResNet
+    assert params["train_threads"] == defaults.train_threads == 0
     assert params["max_epochs"] == defaults.max_epochs
     assert params["retry_unreadable"] is defaults.retry_unreadable is False
     assert params["dataset_root"] is None and params["database_conn_id"] is None
@@ -142,7 +143,7 @@ def _bounds(dag, name: str) -> dict:
 
 
 def test_param_bounds_and_choices_come_from_the_settings_and_vocab(dag):
-    for name in ("shards", "max_epochs", "promotion_margin", "retrain_max_age_days"):
+    for name in ("shards", "max_epochs", "promotion_margin", "retrain_max_age_days", "train_threads"):
         assert _bounds(dag, name) == BOUNDS[name], name
     assert dag.params.get_param("transfer_arch").schema["enum"] == list(TRANSFER_ARCHS)
     assert _bounds(dag, "image_size") == {"minimum": MIN_IMAGE_SIZE, "maximum": MAX_IMAGE_SIZE}

@@ -49,7 +49,9 @@ TASK_ENV = {
     "MASKJOB_NUM_WORKERS": "0",
     "MASKJOB_MIN_MACRO_F1": "0",
     "MASKJOB_MIN_CLASS_RECALL": "0",
+    "MASKJOB_TRANSFER_ARCH": "mobilenet_v2",  # the ImageNet file the offline assets provide
 }
+NO_WEIGHTS_LOGICAL_DATE = datetime(2026, 11, 17, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -383,6 +385,30 @@ def test_broken_dataset_fails_the_validation_task_with_its_message(airflow_dag, 
     # A MaskjobError is not retried: the first try is final.
     ti = next(t for t in run.get_task_instances() if t.task_id == "validate_dataset")
     assert ti.try_number == 1
+
+
+def test_default_resnet18_without_weights_fails_the_validation_task_before_training(airflow_dag, workspace,
+                                                                                     tmp_path, monkeypatch, capfd):
+    import maskjob.ml.models as models
+
+    def offline(url: str, dest: Path, timeout_s: float) -> None:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(models, "_download", offline)  # the tasks run in this process
+    monkeypatch.setenv("MASKJOB_TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("MASKJOB_TRANSFER_ARCH")  # the default: resnet18
+    capfd.readouterr()
+    run = airflow_dag(NO_WEIGHTS_LOGICAL_DATE, {**workspace["conf"], "force_retrain": True})
+    states = _states(run)
+    assert run.state == "failed"
+    assert states["validate_dataset"] == ["failed"]
+    assert states["train_cnn"] == ["upstream_failed"] and states["train_transfer"] == ["upstream_failed"]
+    out = capfd.readouterr()
+    log = out.out + out.err
+    assert "no pretrained weights for resnet18: resnet18-f37072fd.pth is not in the cache" in log
+    assert "maskjob weights install resnet18 --from FILE" in log and "--transfer-arch mobilenet_v2" in log
+    assert not (tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").exists()
+    assert not list((workspace["data_dir"] / "models").glob("candidates/*-resnet18"))
 
 
 @pytest.fixture
