@@ -32,29 +32,23 @@ def _password(args: argparse.Namespace) -> str:
 
 def _user_add(args: argparse.Namespace) -> int:
     from maskjob.review.auth import add_user
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
 
     settings = settings_from_args(args, database_url=args.database_url)
     password = _password(args)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         user = add_user(engine, args.username, args.role, password, replace=args.replace)
-    finally:
-        engine.dispose()
     print(f"{'updated' if args.replace else 'added'} user {user.username} ({user.role})")
     return 0
 
 
 def _user_list(args: argparse.Namespace) -> int:
     from maskjob.review.auth import list_users
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
 
     settings = settings_from_args(args, database_url=args.database_url)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         users = list_users(engine)
-    finally:
-        engine.dispose()
     if args.json:
         print(json.dumps([{"username": u.username, "role": u.role, "disabled": u.disabled,
                            "created_at": u.created_at.isoformat() if u.created_at else None} for u in users], indent=2))
@@ -70,14 +64,11 @@ def _user_list(args: argparse.Namespace) -> int:
 
 def _user_disable(args: argparse.Namespace) -> int:
     from maskjob.review.auth import disable_user
-    from maskjob.storage.database import open_database
+    from maskjob.storage.database import database
 
     settings = settings_from_args(args, database_url=args.database_url)
-    engine = open_database(settings.database_url)
-    try:
+    with database(settings.database_url) as engine:
         user = disable_user(engine, args.username)
-    finally:
-        engine.dispose()
     print(f"disabled user {user.username}: it cannot log in, and its open sessions end")
     return 0
 
